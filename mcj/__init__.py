@@ -1,0 +1,1 @@
+"""mcj: deep model compression in JAX/Flax."""

@@ -1,0 +1,110 @@
+"""Configs: python files with ``get_config(arg)``, plus command-line overrides.
+
+``--config path.py[:arg]`` imports the file and calls ``get_config(arg)``; ``arg`` is a
+string such as ``'runlocal,variant=b'`` that ``parse_arg`` turns into typed fields.
+``--config.key.sub=value`` then overrides fields; the value is parsed to the type the
+field already has, and unknown keys or wrong types are a ``ConfigError``.
+"""
+import ast
+import importlib.util
+import os
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A user-facing mistake (bad name, key, setting or missing data): printed as one line."""
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses ``'runlocal,variant=b,steps=10'`` into fields typed by ``defaults``.
+
+  A bare word sets a boolean default to True. Words not in ``defaults`` are an error.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, eq, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f'Unknown config argument {key!r}. Valid: {", ".join(sorted(defaults))}.')
+    if not eq:
+      value = 'True'
+    out[key] = _parse_value(value.strip(), defaults[key], key)
+  return out
+
+
+def _parse_value(text: str, current, key: str):
+  """Parses ``text`` into the type of ``current`` (bool, int, float, str, tuple, None)."""
+  if isinstance(current, bool):
+    if text.lower() in ('1', 'true', 'yes', 'on'):
+      return True
+    if text.lower() in ('0', 'false', 'no', 'off'):
+      return False
+    raise ConfigError(f'{key} expects true or false, got {text!r}.')
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text  # an unset field takes a plain string
+    raise ConfigError(f'{key} expects a {type(current).__name__}, got {text!r}.') from None
+  if current is None:
+    return value
+  if isinstance(current, float) and isinstance(value, int):
+    return float(value)
+  if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+    return type(current)(value)
+  if type(value) is not type(current):
+    raise ConfigError(f'{key} expects a {type(current).__name__}, got {text!r}.')
+  return value
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Imports ``path.py[:arg]`` and returns ``get_config(arg)``."""
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ConfigError(f'Config file {path!r} does not exist.')
+  module_spec = importlib.util.spec_from_file_location('mcj_user_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ConfigError(f'Config file {path!r} defines no get_config(arg).')
+  config = module.get_config(arg or None) if arg else module.get_config()
+  return ml_collections.ConfigDict(config)
+
+
+def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
+  """Sets ``config.a.b = text`` parsed to the field's type; unknown keys list valid ones."""
+  *parents, leaf = dotted_key.split('.')
+  node, path = config, 'config'
+  for part in parents:
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise ConfigError(f'Unknown config key {path}.{part}. Valid: {_keys(node)}.')
+    node, path = node[part], f'{path}.{part}'
+  if leaf not in node:
+    raise ConfigError(f'Unknown config key {path}.{leaf}. Valid: {_keys(node)}.')
+  if isinstance(node[leaf], ml_collections.ConfigDict):
+    raise ConfigError(f'{path}.{leaf} is a block: set one of its keys ({_keys(node[leaf])}).')
+  with node.ignore_type():
+    node[leaf] = _parse_value(text, node[leaf], f'{path}.{leaf}')
+
+
+def _keys(node) -> str:
+  return ', '.join(sorted(node.keys()))
+
+
+def parse_overrides(config, argv: list[str]) -> None:
+  """Applies ``--config.key=value`` (or ``--config.key value``) arguments in order."""
+  i = 0
+  while i < len(argv):
+    item = argv[i]
+    if not item.startswith('--config.'):
+      raise ConfigError(f'Unexpected argument {item!r}; overrides look like --config.key=value.')
+    key, eq, value = item[len('--config.'):].partition('=')
+    if not eq:
+      if i + 1 >= len(argv):
+        raise ConfigError(f'--config.{key} needs a value.')
+      i, value = i + 1, argv[i + 1]
+    override(config, key, value)
+    i += 1

@@ -1,0 +1,53 @@
+"""Random images and labels of any shape and class count, for benchmarks and tests.
+
+A small pool of batches is drawn once from the seed and cycled, so producing data costs
+nothing next to the train step being measured.
+"""
+import numpy as np
+
+from mcj import data as data_lib
+
+POOL_BATCHES = 4
+
+
+class SyntheticDataset:
+  """Options in ``config.data``: image_size, channels, num_classes, num_train_examples,
+  num_eval_examples."""
+
+  @staticmethod
+  def dataset_info(data_config) -> data_lib.DatasetInfo:
+    get = lambda key, default: data_config.get(key, None) or default  # None: unset
+    size = get('image_size', 224)
+    return data_lib.DatasetInfo(
+        num_classes=get('num_classes', 1000),
+        image_shape=(size, size, get('channels', 3)),
+        num_train_examples=get('num_train_examples', 1_281_167),
+        num_eval_examples=get('num_eval_examples', 1024))
+
+  def __init__(self, data_config, *, seed, process_index=0, process_count=1):
+    self.info = self.dataset_info(data_config)
+    self.seed, self.process_index, self.process_count = seed, process_index, process_count
+
+  def _pool(self, batch_size, salt):
+    rng = np.random.default_rng([self.seed, salt])
+    rows = data_lib.host_slice(batch_size, self.process_index, self.process_count)
+    shape = (batch_size,) + tuple(self.info.image_shape)
+    return [{'image': rng.standard_normal(shape, dtype=np.float32)[rows],
+             'label': rng.integers(0, self.info.num_classes, batch_size).astype(np.int32)[rows]}
+            for _ in range(POOL_BATCHES)]
+
+  def train_batches(self, start_step: int, global_batch_size: int):
+    pool = self._pool(global_batch_size, salt=0)
+    step = start_step
+    while True:
+      yield pool[step % POOL_BATCHES]
+      step += 1
+
+  def eval_batches(self, global_batch_size: int):
+    pool = self._pool(global_batch_size, salt=1)
+    n = self.info.num_eval_examples
+    for i, start in enumerate(range(0, n, global_batch_size)):
+      batch = dict(pool[i % POOL_BATCHES])
+      rows = data_lib.host_slice(global_batch_size, self.process_index, self.process_count)
+      batch['mask'] = (np.arange(start, start + global_batch_size)[rows] < n).astype(np.float32)
+      yield batch

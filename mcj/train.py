@@ -1,0 +1,364 @@
+"""The one trainer: ``python -m mcj.train --config configs/quickstart.py --workdir DIR``.
+
+Read top to bottom: config -> hosts and devices -> data -> model and optimizer ->
+data-parallel steps -> checkpoint restore -> train loop with logs, evals, saves -> final
+eval and results. Rerunning the same command resumes from the newest checkpoint in
+``DIR/checkpoints`` and continues the data stream where it stopped.
+"""
+import argparse
+import collections
+import json
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mcj import checkpoint as checkpoint_lib
+from mcj import config as config_lib
+from mcj import data as data_lib
+from mcj import metrics as metrics_lib
+from mcj import optim
+from mcj import parallel
+from mcj.config import ConfigError
+from mcj.models import get_model
+
+AXIS = parallel.AXIS
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with its default. A config sets what it needs."""
+  return ml_collections.ConfigDict({
+      'seed': 0,
+      'batch_size': 128,             # global, over all devices and hosts
+      'eval_batch_size': None,       # None: batch_size
+      'total_steps': None,           # set exactly one of total_steps and total_epochs
+      'total_epochs': None,
+      'model': {'name': ''},         # other keys are the model's keyword options
+      'data': {'name': 'digits', 'data_dir': None, 'train_split': None, 'eval_split': None,
+               'image_size': None, 'channels': None, 'num_classes': None,
+               'num_train_examples': None, 'num_eval_examples': None,
+               'shuffle_buffer': None, 'augment': True},
+      'optimizer': {'name': 'sgd', 'lr': 0.1, 'momentum': 0.9, 'nesterov': False,
+                    'weight_decay': 0.0, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,
+                    'grad_clip_norm': None},
+      'schedule': {'name': 'cosine', 'warmup_epochs': 0.0, 'warmup_steps': None,
+                   'end_factor': 0.0, 'step_epochs': (), 'step_factor': 0.1},
+      'label_smoothing': 0.0,
+      'compute_dtype': 'float32',    # or 'bfloat16'; params stay float32
+      'log_every_steps': 50,
+      'eval_every_steps': 0,         # 0: evaluate only at the end
+      'checkpoint_every_steps': 1000,
+      'keep_checkpoints': 3,
+  })
+
+
+OPEN_BLOCKS = ('model',)  # blocks whose keys are passed on as keyword options
+
+
+def merge_config(user) -> ml_collections.ConfigDict:
+  """Defaults overlaid with ``user``; unknown keys and wrong types are ConfigErrors."""
+  config = default_config()
+  _merge_into(config, user, 'config')
+  if not config.model.name:
+    raise ConfigError('config.model.name is not set.')
+  if config.compute_dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f'compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}.')
+  return config
+
+
+def _merge_into(node, user, path):
+  for key, value in user.items():
+    here = f'{path}.{key}'
+    if key not in node:
+      if path.split('.')[-1] in OPEN_BLOCKS:
+        with node.ignore_type():
+          node[key] = value
+        continue
+      raise ConfigError(f'Unknown config key {here}. Valid: {", ".join(sorted(node.keys()))}.')
+    if isinstance(node[key], ml_collections.ConfigDict):
+      if not isinstance(value, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f'{here} is a block of keys ({", ".join(sorted(node[key]))}).')
+      _merge_into(node[key], value, here)
+      continue
+    current = node[key]
+    ok = (current is None or value is None or isinstance(value, type(current))
+          or (isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool))
+          or (isinstance(current, (tuple, list)) and isinstance(value, (tuple, list))))
+    if not ok or (isinstance(current, (int, float)) and isinstance(value, bool)
+                  and not isinstance(current, bool)):
+      raise ConfigError(f'{here} expects a {type(current).__name__}, got {value!r}.')
+    with node.ignore_type():
+      node[key] = float(value) if isinstance(current, float) and value is not None else value
+
+
+def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
+  """Per-example softmax cross-entropy with optional label smoothing (Szegedy et al. 2016)."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
+  config = merge_config(config)
+  is_main = jax.process_index() == 0
+  say = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2, sort_keys=True))
+
+  # ---------------------------------------------------------------- Hosts and devices
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size)
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  parallel.check_batch_size(eval_batch_size, 'eval_batch_size')
+  say(f'mcj: {jax.process_count()} host(s), {jax.device_count()} {jax.devices()[0].platform} '
+      f'device(s); global batch {config.batch_size}.')
+
+  # ---------------------------------------------------------------- Data
+  dataset = data_lib.get_dataset(config.data, seed=config.seed,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  info = dataset.info
+  total_steps = optim.total_steps_of(config, info.num_train_examples)
+  steps_per_epoch = info.num_train_examples / config.batch_size
+
+  # ---------------------------------------------------------------- Model and optimizer
+  model_options = {k: v for k, v in config.model.items() if k != 'name'}
+  try:
+    model = get_model(config.model.name, num_classes=info.num_classes,
+                      dtype=jnp.dtype(config.compute_dtype), bn_axis_name=AXIS, **model_options)
+  except TypeError as e:
+    raise ConfigError(f'Bad option for model {config.model.name!r}: {e}.') from None
+  schedule = optim.make_schedule(config, total_steps, steps_per_epoch)
+  tx = optim.make_optimizer(config, schedule)
+
+  def init_state(rng):
+    dummy = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
+    variables = model.init({'params': rng, 'dropout': rng}, dummy, train=False)
+    params = variables['params']
+    return {'step': jnp.zeros((), jnp.int32), 'params': params,
+            'batch_stats': variables.get('batch_stats', {}), 'opt_state': tx.init(params)}
+
+  state = jax.jit(init_state, out_shardings=parallel.replicated(mesh))(
+      jax.random.key(config.seed))
+  num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+  say(f'mcj: model {config.model.name}, {num_params:,} params; data {config.data.name}, '
+      f'{info.num_train_examples:,} train / {info.num_eval_examples:,} eval examples, '
+      f'{total_steps:,} steps.')
+
+  # ---------------------------------------------------------------- Data-parallel steps
+  # Each function below is written for ONE device and its share of the batch; pmean/psum
+  # over AXIS combine devices. BatchNorm statistics are averaged inside the model.
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+  def train_step(state, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(dropout_key, state['step']),
+                             jax.lax.axis_index(AXIS))
+
+    def loss_fn(params):
+      logits, new_vars = model.apply(
+          {'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
+          train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+      loss = cross_entropy(logits, batch['label'], info.num_classes,
+                           config.label_smoothing).mean()
+      return loss, (logits, new_vars.get('batch_stats', {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'])
+    grads = jax.lax.pmean(grads, AXIS)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    new_state = {'step': state['step'] + 1,
+                 'params': optax.apply_updates(state['params'], updates),
+                 'batch_stats': batch_stats, 'opt_state': opt_state}
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+    metrics = {'train/loss': jax.lax.pmean(loss, AXIS),
+               'train/accuracy': jax.lax.pmean(accuracy, AXIS)}
+    return new_state, metrics
+
+  def eval_step(state, batch):
+    logits = model.apply({'params': state['params'], 'batch_stats': state['batch_stats']},
+                         batch['image'], train=False).astype(jnp.float32)
+    mask, labels = batch['mask'], batch['label']
+    top5 = jax.lax.top_k(logits, min(5, info.num_classes))[1]
+    sums = {'loss': cross_entropy(logits, labels, info.num_classes) * mask,
+            'correct': (jnp.argmax(logits, -1) == labels) * mask,
+            'top5': jnp.any(top5 == labels[:, None], axis=-1) * mask,
+            'count': mask}
+    return jax.lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+
+  p_train_step = parallel.data_parallel(
+      train_step, mesh, in_specs=(parallel.REPLICATED, parallel.BATCH),
+      out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
+  p_eval_step = parallel.data_parallel(
+      eval_step, mesh, in_specs=(parallel.REPLICATED, parallel.BATCH),
+      out_specs=parallel.REPLICATED)
+
+  def evaluate(state) -> dict:
+    totals = None
+    for batch in dataset.eval_batches(eval_batch_size):
+      sums = p_eval_step(state, parallel.shard_batch(mesh, batch))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = parallel.fetch(totals)
+    count = max(float(totals['count']), 1.0)
+    out = {'eval/loss': float(totals['loss']) / count,
+           'eval/accuracy': float(totals['correct']) / count}
+    if info.num_classes > 10:
+      out['eval/top5_accuracy'] = float(totals['top5']) / count
+    return out
+
+  # ---------------------------------------------------------------- Checkpoint restore
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  restored, restored_step = checkpointer.restore_latest(state)
+  if restored is not None:
+    state = restored
+    say(f'mcj: resumed from step {restored_step} in {checkpointer.directory}.')
+  start_step = int(parallel.fetch(state['step']))
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
+
+  # ---------------------------------------------------------------- Train loop
+  preempted = _PreemptionWatcher()
+  progress = metrics_lib.Progress(total_steps, start_step, config.batch_size)
+  pending = []  # (step, device metrics) not yet fetched: fetching every step would stall
+  last_saved = checkpointer.latest_step()
+  train_start = time.perf_counter()
+
+  def flush_metrics(step):
+    """Fetches pending train metrics; a NaN or Inf loss stops the run before any save."""
+    nonlocal pending
+    fetched = [(s, parallel.fetch(m)) for s, m in pending]
+    pending = []
+    for s, m in fetched:
+      if not np.isfinite(m['train/loss']):
+        raise FloatingPointError(
+            f'train/loss is {m["train/loss"]} at step {s}: stopping. The last good checkpoint '
+            f'(step {checkpointer.latest_step()}) is kept in {checkpointer.directory}.')
+    if fetched and is_main and (step % config.log_every_steps == 0 or step == total_steps):
+      means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+      means.update(progress.tick(step), lr=float(schedule(step - 1)))
+      writer.write(step, means)
+      say(metrics_lib.console_line(step, total_steps, means))
+
+  def save(step):
+    nonlocal last_saved
+    flush_metrics(step)
+    t = time.perf_counter()
+    checkpointer.save(step, state)
+    last_saved = step
+    progress.pause(time.perf_counter() - t)
+
+  batches = _prefetch((parallel.shard_batch(mesh, b)
+                       for b in dataset.train_batches(start_step, config.batch_size)), size=2)
+  step = start_step
+  while step < total_steps:
+    state, metrics = p_train_step(state, next(batches))
+    step += 1
+    pending.append((step, metrics))
+    if step % config.log_every_steps == 0:
+      flush_metrics(step)
+    if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
+      flush_metrics(step)
+      t = time.perf_counter()
+      eval_metrics = evaluate(state)
+      progress.pause(time.perf_counter() - t)
+      if is_main:
+        writer.write(step, eval_metrics)
+      say(f'step {step:>7}/{total_steps} | ' + _fmt(eval_metrics))
+    if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+      save(step)
+    if preempted.now(step):
+      save(step)
+      checkpointer.close()
+      say(f'mcj: stopped by SIGTERM at step {step}; checkpoint saved. Rerun to resume.')
+      return {'preempted': True, 'step': step}
+  flush_metrics(step)
+  train_seconds = time.perf_counter() - train_start
+
+  # ---------------------------------------------------------------- Final eval and results
+  if last_saved != step:
+    save(step)
+  checkpointer.close()
+  final = evaluate(state)
+  results = {'step': step, **final, 'params': int(num_params),
+             'train_seconds': round(train_seconds, 2), 'model': config.model.name,
+             'data': config.data.name}
+  say(f'mcj: final eval at step {step} | ' + _fmt(final))
+  if is_main:
+    writer.write(step, final)
+    writer.close()
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _fmt(metrics: dict) -> str:
+  return ' | '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+
+
+def _prefetch(iterator, size):
+  """Keeps ``size`` batches in flight so host-to-device copies overlap the step."""
+  queue = collections.deque()
+  for item in iterator:
+    queue.append(item)
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+class _PreemptionWatcher:
+  """SIGTERM (a TPU preemption notice) asks the loop to save and exit at a step all hosts
+  agree on; with several hosts jax's own preemption service coordinates that step."""
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def now(self, step) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # no preemption service in this runtime
+        return False
+    return self.requested
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m mcj.train', allow_abbrev=False,
+      description='Train and evaluate a model from a config; rerun to resume.',
+      epilog='Override config fields with --config.key=value (e.g. --config.batch_size=256).')
+  parser.add_argument('--config', required=True, help='path.py[:arg] defining get_config(arg)')
+  parser.add_argument('--workdir', required=True, help='checkpoints, metrics and results go here')
+  parser.add_argument('--coordinator_address', default=None, help='HOST:PORT of process 0')
+  parser.add_argument('--num_processes', type=int, default=None)
+  parser.add_argument('--process_id', type=int, default=None)
+  args, overrides = parser.parse_known_args(argv)
+  try:
+    config = merge_config(config_lib.load_config(args.config))
+    config_lib.parse_overrides(config, overrides)
+    parallel.initialize_hosts(args.coordinator_address, args.num_processes, args.process_id)
+    train_and_evaluate(config, args.workdir)
+  except ConfigError as e:
+    print(f'mcj.train: error: {e}', file=sys.stderr)
+    return 2
+  except FloatingPointError as e:
+    print(f'mcj.train: error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

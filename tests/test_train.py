@@ -1,0 +1,261 @@
+"""The trainer end to end: outputs, resume, errors, devices, hosts, kills and preemption.
+
+In-process tests run on the four CPU devices set up in conftest.py; tests that need a
+different device count, several processes or a kill run ``python -m mcj.train`` in
+subprocesses.
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mcj import config as config_lib
+from mcj.config import ConfigError
+from mcj.train import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, 'tests', 'tiny_config.py')
+
+
+def tiny(arg='', **overrides):
+  config = config_lib.load_config(f'{TINY}:{arg}' if arg else TINY)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(workdir):
+  return {m['step']: m['train/loss'] for m in read_metrics(workdir) if 'train/loss' in m}
+
+
+def run_cli(args, devices=1, **kwargs):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', 'mcj.train', *args], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def final_params(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  path = os.path.join(directory, str(step), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  # A target placed on one local device: the checkpoint may come from another topology.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  restored = checkpointer.restore(path, target)
+  return step, jax.tree.map(np.asarray, restored['params'])
+
+
+# ------------------------------------------------------------------ outputs and resume
+
+def test_outputs_and_resume(tmp_path, capsys):
+  workdir = str(tmp_path)
+  config = tiny('steps=6,ckpt=4,log=2', eval_every_steps=3)
+  results = train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(workdir)) == ['checkpoints', 'config.json', 'metrics.jsonl',
+                                         'results.json', 'tensorboard']
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['4', '6']
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+  saved = json.load(open(os.path.join(workdir, 'config.json')))
+  assert saved['model']['name'] == 'resnet20' and saved['total_steps'] == 6
+  metrics = read_metrics(workdir)
+  train = [m for m in metrics if 'train/loss' in m]
+  assert [m['step'] for m in train] == [2, 4, 6]
+  for m in train:
+    assert {'train/loss', 'train/accuracy', 'lr', 'img_per_sec', 'eta_seconds'} <= set(m)
+  evals = [m for m in metrics if 'eval/accuracy' in m]
+  assert [m['step'] for m in evals] == [3, 6]
+  assert 'eval/top5_accuracy' not in evals[0]  # 10 classes: top-1 only
+  on_disk = json.load(open(os.path.join(workdir, 'results.json')))
+  assert on_disk['step'] == 6 and on_disk['params'] == 269_434
+  assert on_disk['eval/accuracy'] == pytest.approx(results['eval/accuracy'])
+  assert 0.0 <= on_disk['eval/accuracy'] <= 1.0 and on_disk['train_seconds'] > 0
+  out = capsys.readouterr().out
+  assert 'step       2/6 | loss' in out and 'img/s | ETA' in out
+
+  # The same command again finds the final checkpoint: nothing to train, same results.
+  again = train_and_evaluate(config, workdir)
+  assert 'resumed from step 6' in capsys.readouterr().out
+  assert again['eval/accuracy'] == pytest.approx(results['eval/accuracy'])
+  assert len(read_metrics(workdir)) == len(metrics) + 1  # one more final-eval line only
+
+
+def test_longer_run_resumes_and_truncates_stale_metrics(tmp_path):
+  workdir = str(tmp_path)
+  train_and_evaluate(tiny('steps=4,ckpt=2,log=1'), workdir)
+  # Extend the run: it restarts from step 4 and continues the data stream.
+  train_and_evaluate(tiny('steps=8,ckpt=2,log=1'), workdir)
+  steps = [m['step'] for m in read_metrics(workdir) if 'train/loss' in m]
+  assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
+  workdir = str(tmp_path)
+  train_and_evaluate(tiny('steps=4,ckpt=2'), workdir)
+  latest = os.path.join(workdir, 'checkpoints', '4', 'default')
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  with pytest.warns(UserWarning, match='step 4 .* could not be restored'):
+    results = train_and_evaluate(tiny('steps=6,ckpt=2'), workdir)
+  assert results['step'] == 6
+
+
+# ------------------------------------------------------------------ clear errors
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.name': 'resnet7'}, r"Unknown model 'resnet7'. Available: .*resnet20"),
+    ({'data.name': 'no_such_dataset'}, r'no_such_dataset.*digits, synthetic'),
+    ({'optimizer.name': 'adagrad'}, r"Unknown optimizer 'adagrad'. Available: sgd, adam"),
+    ({'schedule.name': 'exp'}, r"Unknown schedule 'exp'"),
+    ({'batch_size': 6}, r'batch_size=6 is not divisible by the 4 devices.*multiple of 4'),
+])
+def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
+  with pytest.raises(ConfigError, match=message):
+    train_and_evaluate(tiny('steps=1', **overrides), str(tmp_path))
+
+
+def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
+  proc = run_cli(['--config', TINY, '--workdir', str(tmp_path), '--config.model.name=nope'])
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.startswith('mcj.train: error:')]
+  assert len(lines) == 1 and 'Available: ' in lines[0] and 'Traceback' not in proc.stderr
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  config = tiny('steps=30,ckpt=1,log=1,lr=1e30')
+  with pytest.raises(FloatingPointError, match=r'train/loss is (nan|inf) at step \d+'):
+    train_and_evaluate(config, workdir)
+  step, params = final_params(workdir)
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(params)), step
+
+
+# ------------------------------------------------------------------ devices and hosts
+
+def test_one_and_four_devices_give_the_same_losses(tmp_path):
+  """Same config and global batch: per-device step + pmean == one big step."""
+  args = ['--config', f'{TINY}:steps=50,batch=64,ckpt=0,lr=0.002,shallow']
+  losses = {}
+  for devices in (1, 4):
+    workdir = str(tmp_path / f'd{devices}')
+    proc = run_cli(args + ['--workdir', workdir], devices=devices)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    losses[devices] = train_losses(workdir)
+  assert sorted(losses[1]) == list(range(1, 51))
+  a, b = np.array(list(losses[1].values())), np.array(list(losses[4].values()))
+  np.testing.assert_allclose(b, a, rtol=1e-4)
+  assert a[-1] < a[0]  # it trained
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """2 processes x 2 CPU devices (launch/local.py) == 1 process x 4 devices."""
+  args = ['--config', f'{TINY}:steps=20,batch=64,ckpt=10,lr=0.002,shallow']
+  one = str(tmp_path / 'one')
+  assert run_cli(args + ['--workdir', one], devices=4).returncode == 0
+  two = str(tmp_path / 'two')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'local.py'), '--num_processes', '2',
+       '--devices_per_process', '2', '--', *args, '--workdir', two],
+      env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  assert '[0] mcj: 2 host(s), 4 cpu device(s)' in proc.stdout
+  a, b = train_losses(one), train_losses(two)
+  assert sorted(a) == sorted(b) == list(range(1, 21))
+  np.testing.assert_allclose([b[s] for s in a], list(a.values()), rtol=1e-4)
+  ra = json.load(open(os.path.join(one, 'results.json')))
+  rb = json.load(open(os.path.join(two, 'results.json')))
+  assert rb['eval/accuracy'] == pytest.approx(ra['eval/accuracy'], abs=1 / 360)
+  assert final_params(two)[0] == 20
+
+
+# ------------------------------------------------------------------ kills and preemption
+
+def _start(args, workdir):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  return subprocess.Popen([sys.executable, '-m', 'mcj.train', *args, '--workdir', workdir],
+                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def _finished_checkpoints(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  return [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+
+
+def _wait_for_step(workdir, step, proc, timeout=300, need_checkpoint=False):
+  path = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise AssertionError('finished before it could be interrupted:\n' + proc.stdout.read())
+    if need_checkpoint and not _finished_checkpoints(workdir):
+      time.sleep(0.05)
+      continue
+    if os.path.exists(path):
+      with open(path) as f:
+        lines = [json.loads(l) for l in f if l.strip()]
+      if lines and lines[-1]['step'] >= step:
+        return lines[-1]['step']
+    time.sleep(0.05)
+  raise AssertionError(f'step {step} not reached in {timeout}s')
+
+
+def test_sigkill_at_random_step_then_rerun_is_bitwise_identical(tmp_path):
+  args = ['--config', f'{TINY}:steps=60,batch=32,ckpt=7,log=1']
+  straight = str(tmp_path / 'straight')
+  assert run_cli(args + ['--workdir', straight]).returncode == 0
+
+  killed = str(tmp_path / 'killed')
+  kill_at = random.Random().randint(8, 50)
+  proc = _start(args, killed)
+  # A random step once a checkpoint has been finished, so the rerun really resumes.
+  kill_at = _wait_for_step(killed, kill_at, proc, need_checkpoint=True)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  rerun = run_cli(args + ['--workdir', killed])
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert 'resumed from step' in rerun.stdout, f'kill at step {kill_at}: {rerun.stdout}'
+
+  step_a, params_a = final_params(straight)
+  step_b, params_b = final_params(killed)
+  assert step_a == step_b == 60
+  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_array_equal(x, y, err_msg=f'killed at step {kill_at}')
+  assert train_losses(straight) == train_losses(killed)
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  workdir = str(tmp_path)
+  proc = _start(['--config', f'{TINY}:steps=100000,ckpt=100000,log=1'], workdir)
+  _wait_for_step(workdir, 3, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert 'stopped by SIGTERM' in out
+  step, params = final_params(workdir)
+  assert 3 <= step < 100000
+  assert f'stopped by SIGTERM at step {step}' in out
