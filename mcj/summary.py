@@ -135,11 +135,15 @@ def main(argv=None) -> int:
   if args.config:
     from mcj import config as config_lib  # pylint: disable=g-import-not-at-top
     from mcj import data  # pylint: disable=g-import-not-at-top
-    config = config_lib.load_config(args.config)
-    kwargs = dict(config.model)
-    name = kwargs.pop('name')
-    info = data.get_dataset_info(config.data)
-    shape, num_classes = tuple(info.image_shape), info.num_classes
+    try:
+      config = config_lib.load_config(args.config)
+      kwargs = dict(config.model)
+      name = kwargs.pop('name')
+      num_classes, shape = data.model_input(config_lib.ml_collections.ConfigDict(
+          config.get('data', {'name': 'digits'})))
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
   if args.image_size is not None:
     shape = (args.image_size, args.image_size, shape[2])
   if args.channels is not None:

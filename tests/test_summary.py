@@ -57,3 +57,12 @@ def test_cli_unknown_model_exits_2_with_one_line():
   assert r.stdout == ''
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and 'nope' in lines[0] and 'resnet18' in lines[0]
+
+
+def test_config_of_unprepared_tfds_dataset_uses_its_known_input(capsys):
+  from mcj import summary
+  assert summary.main(['--config', f'{ROOT}/configs/cifar10/resnet.py:depth=56', '--json']) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out['params'] == 853_018 and out['input_shape'] == [32, 32, 3]
+  assert summary.main(['--config', 'no/such/config.py']) == 2
+  assert 'does not exist' in capsys.readouterr().err

@@ -52,6 +52,22 @@ def get_dataset_info(data_config) -> DatasetInfo:
   return _builder(data_config.name).dataset_info(data_config)
 
 
+# What the model sees for well-known TFDS datasets: (classes, input shape or None for
+# image_size x image_size x 3). Lets `mcj.summary --config` work without the data.
+KNOWN_INPUTS = {'mnist': (10, (28, 28, 1)), 'cifar10': (10, (32, 32, 3)),
+                'cifar100': (100, (32, 32, 3)), 'imagenet2012': (1000, None)}
+
+
+def model_input(data_config) -> tuple:
+  """(num_classes, image_shape) of the model input; well-known datasets need no data."""
+  known = KNOWN_INPUTS.get(data_config.name.split(':')[0])
+  if known:
+    size = data_config.get('image_size', None) or 224
+    return known[0], known[1] or (size, size, 3)
+  info = get_dataset_info(data_config)
+  return info.num_classes, tuple(info.image_shape)
+
+
 def host_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
   """This host's rows of a global batch; the batch must split evenly over hosts."""
   if global_batch_size % process_count:
