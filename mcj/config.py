@@ -108,3 +108,13 @@ def parse_overrides(config, argv: list[str]) -> None:
       i, value = i + 1, argv[i + 1]
     override(config, key, value)
     i += 1
+
+
+def runlocal_overrides(*, image_size: int, num_classes: int, num_train_examples: int,
+                       batch_size: int = 8, steps: int = 2) -> dict:
+  """What a config's ``:runlocal`` variant changes: a few steps on synthetic data of the
+  real input shape, float32, no periodic eval; for a laptop or a smoke test."""
+  return {'batch_size': batch_size, 'total_epochs': None, 'total_steps': steps,
+          'log_every_steps': 1, 'eval_every_steps': 0, 'compute_dtype': 'float32',
+          'data': {'name': 'synthetic', 'image_size': image_size, 'num_classes': num_classes,
+                   'num_train_examples': num_train_examples, 'num_eval_examples': 2 * batch_size}}

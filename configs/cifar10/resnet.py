@@ -15,7 +15,7 @@ momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k 
 about 400 iterations; here a 400-step linear warmup stands in for it.
 Variants: `:depth=56`; `:runlocal` runs a few steps on synthetic CIFAR-shaped data.
 """
-from mcj.config import parse_arg
+from mcj.config import parse_arg, runlocal_overrides
 
 ITERATIONS, STEP_ITERATIONS = 64_000, (32_000, 48_000)
 
@@ -39,7 +39,6 @@ def get_config(arg=None):
       'checkpoint_every_steps': 2000,
   }
   if arg.runlocal:
-    config.update(batch_size=32, total_steps=4, log_every_steps=1, eval_every_steps=0,
-                  data={'name': 'synthetic', 'image_size': 32, 'num_classes': 10,
-                        'num_train_examples': 50_000, 'num_eval_examples': 64})
+    config.update(runlocal_overrides(image_size=32, num_classes=10, num_train_examples=50_000,
+                                     batch_size=32, steps=4))
   return config

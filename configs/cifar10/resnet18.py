@@ -9,7 +9,7 @@ Source: kuangliu/pytorch-cifar main.py: SGD lr 0.1, momentum 0.9, weight decay 5
 batch 128, cosine annealing over 200 epochs.
 Variants: `:runlocal` runs a few steps on synthetic CIFAR-shaped data.
 """
-from mcj.config import parse_arg
+from mcj.config import parse_arg, runlocal_overrides
 
 
 def get_config(arg=None):
@@ -27,7 +27,5 @@ def get_config(arg=None):
       'checkpoint_every_steps': 2000,
   }
   if arg.runlocal:
-    config.update(batch_size=8, total_epochs=None, total_steps=2, log_every_steps=1,
-                  data={'name': 'synthetic', 'image_size': 32, 'num_classes': 10,
-                        'num_train_examples': 50_000, 'num_eval_examples': 16})
+    config.update(runlocal_overrides(image_size=32, num_classes=10, num_train_examples=50_000))
   return config

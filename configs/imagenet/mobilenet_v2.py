@@ -11,7 +11,7 @@ momentum 0.9, weight decay 4e-5, 300 epochs, lr x0.98 after every epoch; Sandler
 2018 report 72.0.
 Variants: `:width=0.5` (width multiplier); `:runlocal` runs a few steps on synthetic data.
 """
-from mcj.config import parse_arg
+from mcj.config import parse_arg, runlocal_overrides
 
 EPOCHS = 300
 
@@ -33,8 +33,6 @@ def get_config(arg=None):
       'checkpoint_every_steps': 5000,
   }
   if arg.runlocal:
-    config.update(batch_size=8, total_epochs=None, total_steps=2, log_every_steps=1,
-                  eval_every_steps=0, compute_dtype='float32',
-                  data={'name': 'synthetic', 'image_size': 64, 'num_classes': 1000,
-                        'num_train_examples': 1_281_167, 'num_eval_examples': 16})
+    config.update(runlocal_overrides(image_size=64, num_classes=1000,
+                                     num_train_examples=1_281_167))
   return config

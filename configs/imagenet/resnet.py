@@ -13,7 +13,7 @@ weight decay 1e-4, 90 epochs, lr x0.1 every 30 epochs.
 Variants: `:model=resnet18`; `:batch=1024` scales the lr linearly; `:runlocal` runs a
 few steps on synthetic 64x64 data.
 """
-from mcj.config import parse_arg
+from mcj.config import parse_arg, runlocal_overrides
 
 
 def get_config(arg=None):
@@ -33,8 +33,6 @@ def get_config(arg=None):
       'checkpoint_every_steps': 5000,
   }
   if arg.runlocal:
-    config.update(batch_size=8, total_epochs=None, total_steps=2, log_every_steps=1,
-                  eval_every_steps=0, compute_dtype='float32',
-                  data={'name': 'synthetic', 'image_size': 64, 'num_classes': 1000,
-                        'num_train_examples': 1_281_167, 'num_eval_examples': 16})
+    config.update(runlocal_overrides(image_size=64, num_classes=1000,
+                                     num_train_examples=1_281_167))
   return config
