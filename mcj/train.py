@@ -49,6 +49,13 @@ def default_config() -> ml_collections.ConfigDict:
                     'grad_clip_norm': None},
       'schedule': {'name': 'cosine', 'warmup_epochs': 0.0, 'warmup_steps': None,
                    'end_factor': 0.0, 'step_epochs': (), 'step_factor': 0.1},
+      # Binary latent weights (kernels of layers whose kernel quantizer has 1 bit):
+      # optimizer '' trains them with `optimizer` like every other param; 'bop' flips their
+      # signs with larq's Bop (Helwegen et al. 2019) while `optimizer` trains the rest.
+      # latent_clip > 0 keeps them in [-latent_clip, latent_clip] after every update.
+      'binary': {'optimizer': '', 'bop_threshold': 1e-8, 'bop_gamma': 1e-4,
+                 'latent_clip': 0.0},
+      'init_from': '',               # a workdir or checkpoint folder to take params from
       'label_smoothing': 0.0,
       'compute_dtype': 'float32',    # or 'bfloat16'; params stay float32
       'log_every_steps': 50,

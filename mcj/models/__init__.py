@@ -5,9 +5,11 @@ Each model file exports ``MODELS``, a dict from name to a constructor that takes
 ``model.apply(variables, images, train=bool)`` and returning float32 logits.
 """
 from mcj.config import ConfigError
-from mcj.models import mobilenet, resnet
+from mcj.models import (binary_densenet, binary_resnet, bnext, meliusnet, mobilenet, quicknet,
+                        reactnet, resnet)
 
-MODELS = {**resnet.MODELS, **mobilenet.MODELS}
+MODELS = {**resnet.MODELS, **mobilenet.MODELS, **binary_resnet.MODELS, **binary_densenet.MODELS,
+          **meliusnet.MODELS, **quicknet.MODELS, **reactnet.MODELS, **bnext.MODELS}
 
 
 def get_model(name: str, num_classes: int, **kwargs):
