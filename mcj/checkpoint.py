@@ -54,3 +54,61 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def load_variables(path: str) -> dict:
+  """``{'params', 'batch_stats'}`` of the newest checkpoint under ``path``: an mcj workdir,
+  its ``checkpoints`` folder, or one step's folder. Arrays land on this host's first device.
+  """
+  path = os.path.abspath(path) if '://' not in path else path
+  step_dir = _find_step_dir(path)
+  item = os.path.join(step_dir, 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(item).item_metadata.tree
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+  state = checkpointer.restore(item, abstract)
+  return {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
+
+
+def _find_step_dir(path: str) -> str:
+  from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+  for candidate in (os.path.join(path, 'checkpoints'), path):
+    if os.path.isdir(os.path.join(candidate, 'default')):
+      return candidate
+    if os.path.isdir(candidate):
+      steps = [int(d) for d in os.listdir(candidate) if d.isdigit()
+               and os.path.isdir(os.path.join(candidate, d, 'default'))]
+      if steps:
+        return os.path.join(candidate, str(max(steps)))
+  raise ConfigError(f'No checkpoint found in {path}: give an mcj workdir (with checkpoints/), '
+                    'its checkpoints folder, or one step folder.')
+
+
+def fit_variables(target, loaded, source: str):
+  """``loaded`` arranged as ``target`` (same tree, shapes, dtypes); a mismatch is one
+  ConfigError listing the missing, unexpected and wrongly shaped entries."""
+  from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+  flat_target = _flat(target)
+  flat_loaded = _flat(loaded)
+  missing = sorted(set(flat_target) - set(flat_loaded))
+  unexpected = sorted(set(flat_loaded) - set(flat_target))
+  reshaped = sorted(k for k in set(flat_target) & set(flat_loaded)
+                    if tuple(flat_target[k].shape) != tuple(flat_loaded[k].shape))
+  if missing or unexpected or reshaped:
+    def some(keys):
+      return ', '.join(keys[:8]) + (f' (+{len(keys) - 8} more)' if len(keys) > 8 else '')
+    parts = [f'missing {len(missing)}: {some(missing)}' if missing else '',
+             f'unexpected {len(unexpected)}: {some(unexpected)}' if unexpected else '',
+             'shape differs for ' + some([f'{k} {tuple(flat_loaded[k].shape)} vs model '
+                                          f'{tuple(flat_target[k].shape)}' for k in reshaped])
+             if reshaped else '']
+    raise ConfigError(f'The checkpoint in {source} does not fit the model: '
+                      + '; '.join(p for p in parts if p) + '.')
+  leaves = [flat_loaded[k].astype(flat_target[k].dtype) for k in _flat(target)]
+  return jax.tree.unflatten(jax.tree.structure(target), leaves)
+
+
+def _flat(tree) -> dict:
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

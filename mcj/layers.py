@@ -54,9 +54,10 @@ class _QuantKernel(nn.Module):
     if self.kernel_scale == 'xnor':
       axes = tuple(range(kernel.ndim - 1))
       out = out * jax.lax.stop_gradient(jnp.mean(jnp.abs(kernel), axis=axes))
-    elif self.kernel_scale == 'learned':
-      out = out * self.param('kernel_scale', nn.initializers.ones, (kernel.shape[-1],))
+    # What inference stores as the kernel (see inference_params); a learned scale stays apart.
     self.sow('quantized_kernels', 'kernel', out, reduce_fn=lambda _, b: b)
+    if self.kernel_scale == 'learned':
+      out = out * self.param('kernel_scale', nn.initializers.ones, (kernel.shape[-1],))
     return out
 
   def quantize_input(self, x):
@@ -250,11 +251,12 @@ def binary_kernel_mask(model: nn.Module, input_shape, **call_kwargs):
 
 def inference_params(model: nn.Module, variables, input_shape, **call_kwargs):
   """``variables['params']`` with every quantized layer's latent kernel replaced by the kernel
-  it computes with: exactly +-1 (or +-alpha per channel) for binary layers.
+  it computes with: exactly +-1 (or +-alpha per channel with XNOR scaling) for binary
+  layers; a learned per-channel scale stays a separate param (it folds into the next BN).
 
   For sign and ternary quantizers, applying the model to these params gives the same
-  outputs (sign of +-alpha is +-1, mean|+-alpha| is alpha, and a learned scale is folded in
-  and reset to 1), so the result is both the deployable and a checkable form.
+  outputs (sign of +-alpha is +-1 and mean|+-alpha| is alpha), so the result is both the
+  deployable and a checkable form.
   """
   x = jnp.zeros((1, *input_shape), jnp.float32)
   _, sown = model.apply(variables, x, train=False, mutable=['quantized_kernels'], **call_kwargs)
@@ -265,8 +267,6 @@ def inference_params(model: nn.Module, variables, input_shape, **call_kwargs):
     for key, sub in kernels.items():
       if key == 'kernel' and not isinstance(sub, Mapping):
         out['kernel'] = sub
-        if 'kernel_scale' in out:  # already folded into the kernel
-          out['kernel_scale'] = jnp.ones_like(out['kernel_scale'])
       else:
         out[key] = swap(params[key], sub)
     return out

@@ -6,8 +6,10 @@ not decayed, as in the ResNet/MobileNet recipes. For SGD and Adam it is the coup
 of PyTorch (``g += wd * w`` before the update); AdamW and LAMB decouple it (``w -= lr * wd * w``).
 """
 import math
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from mcj.config import ConfigError
@@ -53,8 +55,61 @@ def make_schedule(config, total_steps: int, steps_per_epoch: float) -> optax.Sch
   return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
 
 
-def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """The optimizer named by ``config.optimizer.name``, with clipping and weight decay."""
+class BopState(NamedTuple):
+  count: jax.Array
+  momentum: optax.Updates
+
+
+def bop(threshold: float = 1e-8, gamma: float | optax.Schedule = 1e-4
+        ) -> optax.GradientTransformation:
+  """Bop, the latent-free binary optimizer (Helwegen et al. 2019; larq ``Bop``).
+
+  Keeps an exponential moving average of gradients ``m <- m + gamma (g - m)`` and flips a
+  weight's sign when ``w * m > threshold`` (the gradient has consistently pushed against
+  its sign); every weight it handles becomes +-1 after the first step (exactly so from
+  then on: the updates are 0 or +-2). ``gamma``
+  may be a schedule of the step count.
+  """
+
+  def init(params):
+    return BopState(jnp.zeros((), jnp.int32), jax.tree.map(jnp.zeros_like, params))
+
+  def update(grads, state, params):
+    if params is None:
+      raise ValueError('bop needs the params: call tx.update(grads, state, params).')
+    rate = gamma(state.count) if callable(gamma) else gamma
+    momentum = jax.tree.map(lambda m, g: m + rate * (g - m), state.momentum, grads)
+
+    def new_minus_old(w, m):
+      sign = jnp.where(w >= 0, 1.0, -1.0).astype(w.dtype)
+      return jnp.where(w * m > threshold, -sign, sign) - w
+
+    return (jax.tree.map(new_minus_old, params, momentum),
+            BopState(optax.safe_increment(state.count), momentum))
+
+  return optax.GradientTransformation(init, update)
+
+
+def clip_latent_weights(limit: float, mask) -> optax.GradientTransformation:
+  """Keeps masked params in [-limit, limit] after the update (larq's ``WeightClip``): the
+  latent weights of binary layers stop growing where the sign's STE gradient vanishes."""
+
+  def update(updates, state, params):
+    clipped = jax.tree.map(
+        lambda u, p, m: jnp.clip(p + u, -limit, limit) - p if m else u, updates, params, mask)
+    return clipped, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(config, schedule: optax.Schedule, binary_mask=None
+                   ) -> optax.GradientTransformation:
+  """The optimizer named by ``config.optimizer.name``, with clipping and weight decay.
+
+  ``binary_mask`` (a params-shaped tree, True at binary latent kernels) is needed by
+  ``config.binary``: Bop for those kernels while the named optimizer trains the rest, and
+  latent-weight clipping.
+  """
   opt = config.optimizer
   name, wd = opt.name, opt.get('weight_decay', 0.0)
   b1, b2, eps = opt.get('b1', 0.9), opt.get('b2', 0.999), opt.get('eps', 1e-8)
@@ -72,7 +127,24 @@ def make_optimizer(config, schedule: optax.Schedule) -> optax.GradientTransforma
   else:
     raise ConfigError(f'Unknown optimizer {name!r}. Available: {", ".join(OPTIMIZERS)}.')
   clip = opt.get('grad_clip_norm', None)
-  return optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
+  tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
+  binary = config.get('binary', None) or {}
+  binary_optimizer, limit = binary.get('optimizer', ''), binary.get('latent_clip', 0.0)
+  if not binary_optimizer and not limit:
+    return tx
+  if binary_mask is None or not any(jax.tree.leaves(binary_mask)):
+    raise ConfigError('config.binary sets an optimizer or latent_clip, but the model has no '
+                      'binary (1-bit kernel) layers; unset config.binary or pick a binary model.')
+  if binary_optimizer:
+    if binary_optimizer != 'bop':
+      raise ConfigError(f'Unknown binary optimizer {binary_optimizer!r}. Available: bop.')
+    labels = jax.tree.map(lambda b: 'binary' if b else 'real', binary_mask)
+    tx = optax.multi_transform(
+        {'binary': bop(binary.get('bop_threshold', 1e-8), binary.get('bop_gamma', 1e-4)),
+         'real': tx}, labels)
+  if limit:
+    tx = optax.chain(tx, clip_latent_weights(limit, binary_mask))
+  return tx
 
 
 def total_steps_of(config, num_train_examples: int) -> int:

@@ -1,118 +1,186 @@
-"""Per-layer parameter and MAC counts of a model, as a table or JSON.
+"""How small is a model: per-layer precision, params per bit width, memory and MACs (larq's
+``summary`` for Flax), as a table or JSON.
 
-  python -m mcj.summary --model resnet18 [--num_classes N] [--image_size S] [--json]
+  python -m mcj.summary --model birealnet18 [--num_classes N] [--image_size S] [--json]
   python -m mcj.summary --config configs/...py[:arg] [--json]
 
-Shapes come from ``jax.eval_shape`` (nothing is materialised) and every module
-call is seen through ``nn.intercept_methods``. A layer is a module that owns
-params directly (Conv, Dense, BatchNorm, ...). MACs are per example: conv =
-output elements x (Cin / groups) x kh x kw, dense = in x out x positions; BN,
-activations, pooling and bias adds count zero. Per-layer records are plain dicts
-so that more columns (e.g. per-precision counts) can be added by
-``summarize`` and listed in ``COLUMNS``.
+Shapes come from ``jax.eval_shape`` (nothing is materialised) and every module call is seen
+through ``nn.intercept_methods``. A layer is a module that owns variables directly (Conv,
+Dense, QuantConv, BatchNorm, ...). Conventions (as larq; see REFERENCE counting rules):
+- params: the ``params`` collection (BatchNorm scale and bias in, running statistics out);
+  a quantized layer's latent kernel counts at its kernel quantizer's precision (1 bit for
+  sign functions), every other param at 32 bits.
+- MACs per example: conv = output elements x (Cin / groups) x kh x kw, dense = in x out x
+  positions; BN, activations, pooling and bias adds count zero. A MAC's precision is the
+  larger of its input's and its kernel's precision.
+- model size: params at their precision plus BatchNorm running statistics at 32 bits (what
+  inference needs; larq's "Model size"); float-32 size counts everything at 32 bits;
+  compression ratio = float-32 size / model size.
+- BOPs: MACs whose both operands are quantized, weighted by bits_in x bits_kernel (for 1-bit
+  x 1-bit layers exactly their MACs); FLOPs: MACs with a 32-bit operand; OPs = BOPs / 64 +
+  FLOPs (Bi-Real Net, Real-to-Binary, ReActNet).
 """
 import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+
+from mcj import layers as layers_lib
+from mcj import quantizers
+
+FULL = 32  # bits of an unquantized value
 
 
-def _layer_macs(module: nn.Module, params: dict, out_shape) -> int:
-  """MACs of one call of a Conv / Dense layer (0 for other layers)."""
-  if not isinstance(module, (nn.Conv, nn.Dense)) or 'kernel' not in params:
-    return 0
-  # Both kernels end in (..., inputs per group, outputs): each output element
-  # costs prod(kernel.shape[:-1]) multiply-adds.
-  return math.prod(out_shape) * math.prod(params['kernel'].shape[:-1])
+def _precisions(module) -> tuple[int, int]:
+  """(input precision, kernel precision) of a layer; 32 for unquantized ones."""
+  if layers_lib.is_quant_layer(module):
+    return (quantizers.precision_of(module.input_q()),
+            quantizers.precision_of(module.kernel_q()))
+  return FULL, FULL
 
 
 def summarize(model: nn.Module, input_shape, **call_kwargs) -> dict[str, Any]:
-  """Counts params and MACs of ``model`` on one example of ``input_shape``.
+  """Counts params, bits, memory and MACs of ``model`` on one example of ``input_shape``.
 
   Args:
     model: a Flax module called as ``model(x, train=False, **call_kwargs)``.
     input_shape: per-example input shape, e.g. (224, 224, 3).
 
   Returns:
-    ``{'params': int, 'macs': int, 'layers': [dict]}``; each layer dict has
-    ``name`` (module path), ``type``, ``output_shape`` (per example),
-    ``params`` and ``macs``.
+    Totals ``params``, ``binary_params``, ``params_by_bits`` ({bits: count}),
+    ``model_size_bytes``, ``float32_size_bytes``, ``compression_ratio``, ``macs``,
+    ``macs_by_precision``, ``bops``, ``flops``, ``ops``, ``binarized_macs_ratio``, and
+    ``layers``: one dict per layer with ``name`` (module path), ``type``,
+    ``input_precision``, ``output_shape`` (per example), ``params``, ``params_by_bits``,
+    ``memory_bytes``, ``macs`` and ``mac_precision``.
   """
-  calls = []
-
-  def interceptor(next_fun, args, kwargs, context):
-    out = next_fun(*args, **kwargs)
-    if context.method_name == '__call__':
-      calls.append((context.module, out))
-    return out
-
-  def init():
-    with nn.intercept_methods(interceptor):
-      x = jnp.zeros((1, *input_shape), jnp.float32)
-      return model.init(jax.random.key(0), x, train=False, **call_kwargs)
-
-  variables = jax.eval_shape(init)
+  variables, calls = layers_lib.trace_layers(model, input_shape, **call_kwargs)
   params = variables.get('params', {})
+  stats = variables.get('batch_stats', {})
   layers, seen = [], set()
-  for module, out in calls:
-    own = params
-    for part in module.path:
-      own = own.get(part, {}) if isinstance(own, Mapping) else {}
-    own = {k: v for k, v in own.items() if not isinstance(v, Mapping)}
-    if not own or not hasattr(out, 'shape'):
-      continue  # Containers, and layers without params (none add MACs here).
-    out_shape = tuple(out.shape[1:])
-    first = module.path not in seen  # Shared layers count their params once.
+  for module, _, out in calls:
+    own = layers_lib.own_params(params, module.path)
+    own_stats = layers_lib.own_params(stats, module.path)
+    if not (own or own_stats) or not hasattr(out, 'shape'):
+      continue  # Containers, and layers without variables (none add MACs here).
+    first = module.path not in seen  # Shared layers count their variables once.
     seen.add(module.path)
+    in_bits, kernel_bits = _precisions(module)
+    by_bits = {}
+    if first:
+      for key, value in own.items():
+        bits = kernel_bits if key == 'kernel' else FULL
+        by_bits[bits] = by_bits.get(bits, 0) + value.size
+    out_shape = tuple(out.shape[1:])
+    kernel = own.get('kernel')
+    macs = (math.prod(out_shape) * math.prod(kernel.shape[:-1])
+            if kernel is not None and kernel.ndim >= 2 else 0)
+    stat_count = sum(v.size for v in own_stats.values()) if first else 0
     layers.append({
         'name': '/'.join(module.path),
         'type': type(module).__name__,
+        'input_precision': in_bits,
         'output_shape': out_shape,
-        'params': sum(v.size for v in own.values()) if first else 0,
-        'macs': _layer_macs(module, own, out_shape),
+        'params': sum(by_bits.values()),
+        'params_by_bits': by_bits,
+        'memory_bytes': (sum(b * n for b, n in by_bits.items()) + FULL * stat_count) / 8,
+        'macs': macs,
+        'mac_precision': max(in_bits, kernel_bits) if macs else None,
+        # kept for BOPs: bits of both operands
+        '_operand_bits': (in_bits, kernel_bits),
     })
+  return _totals(params, stats, layers)
+
+
+def _totals(params, stats, layers) -> dict[str, Any]:
+  params_by_bits, macs_by_precision = {}, {}
+  bops = flops = 0
+  for layer in layers:
+    for bits, n in layer['params_by_bits'].items():
+      params_by_bits[bits] = params_by_bits.get(bits, 0) + n
+    in_bits, kernel_bits = layer.pop('_operand_bits')
+    if layer['macs']:
+      p = layer['mac_precision']
+      macs_by_precision[p] = macs_by_precision.get(p, 0) + layer['macs']
+      if p < FULL:
+        bops += layer['macs'] * in_bits * kernel_bits
+      else:
+        flops += layer['macs']
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  num_stats = sum(x.size for x in jax.tree.leaves(stats))
+  size_bits = sum(b * n for b, n in params_by_bits.items()) + FULL * num_stats
+  float_bits = FULL * (num_params + num_stats)
+  macs = sum(layer['macs'] for layer in layers)
   return {
-      'params': sum(x.size for x in jax.tree.leaves(params)),
-      'macs': sum(layer['macs'] for layer in layers),
+      'params': num_params,
+      'binary_params': params_by_bits.get(1, 0),
+      'params_by_bits': dict(sorted(params_by_bits.items())),
+      'batch_stats': num_stats,
+      'model_size_bytes': size_bits / 8,
+      'float32_size_bytes': float_bits / 8,
+      'compression_ratio': float_bits / size_bits if size_bits else 1.0,
+      'macs': macs,
+      'macs_by_precision': dict(sorted(macs_by_precision.items())),
+      'bops': bops,
+      'flops': flops,
+      'ops': bops / 64 + flops,
+      'binarized_macs_ratio': macs_by_precision.get(1, 0) / macs if macs else 0.0,
       'layers': layers,
   }
 
 
-# (header, layer key, formatter); extend with more columns as needed.
-COLUMNS = [
-    ('Layer', 'name', str),
-    ('Type', 'type', str),
-    ('Output shape', 'output_shape', lambda s: 'x'.join(map(str, s))),
-    ('Params', 'params', '{:,}'.format),
-    ('MACs', 'macs', '{:,}'.format),
-]
+def _count(n):
+  return f'{n:,}' if n else '0'
 
 
-def format_table(summary: dict[str, Any], columns=COLUMNS) -> str:
-  """One row per layer and a footer with params, MACs and float32 size."""
-  rows = [[fmt(layer[key]) for _, key, fmt in columns]
-          for layer in summary['layers']]
-  headers = [h for h, _, _ in columns]
-  widths = [max([len(h)] + [len(r[i]) for r in rows])
-            for i, h in enumerate(headers)]
-  numeric = [i >= 3 for i in range(len(headers))]
+def format_table(summary: dict[str, Any]) -> str:
+  """larq-style table: one row per layer, then the totals block."""
+  param_bits = sorted(summary['params_by_bits'])
+  mac_bits = sorted(summary['macs_by_precision'])
+  headers = (['Layer', 'Type', 'In bits', 'Output shape']
+             + [f'{b}-bit params' for b in param_bits] + ['Memory (KiB)']
+             + [f'{b}-bit MACs' for b in mac_bits])
+  rows = []
+  for layer in summary['layers']:
+    in_bits = layer['input_precision'] if layer['macs'] else '-'  # for layers that multiply
+    rows.append([layer['name'], layer['type'], str(in_bits),
+                 'x'.join(map(str, layer['output_shape']))]
+                + [_count(layer['params_by_bits'].get(b, 0)) for b in param_bits]
+                + [f"{layer['memory_bytes'] / 1024:.2f}"]
+                + [_count(layer['macs'] if layer['mac_precision'] == b else 0) for b in mac_bits])
+  rows.append(['Total', '', '', '']
+              + [_count(summary['params_by_bits'][b]) for b in param_bits]
+              + [f"{summary['model_size_bytes'] / 1024:.2f}"]
+              + [_count(summary['macs_by_precision'][b]) for b in mac_bits])
+  widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
   def line(cells):
-    return '  '.join(c.rjust(w) if num else c.ljust(w)
-                     for c, w, num in zip(cells, widths, numeric)).rstrip()
+    return '  '.join(c.ljust(w) if i < 2 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
   rule = '-' * len(line(headers))
-  mb = summary['params'] * 4 / 2**20
-  return '\n'.join([line(headers), rule, *map(line, rows), rule,
-                    f"Total params: {summary['params']:,}",
-                    f"Total MACs:   {summary['macs']:,}",
-                    f'Params size (float32): {mb:.2f} MB'])
+  return '\n'.join([line(headers), rule, *map(line, rows[:-1]), rule, line(rows[-1]), '',
+                    format_totals(summary)])
+
+
+def format_totals(summary: dict[str, Any]) -> str:
+  """The totals block (also printed by the trainer at the end of a run)."""
+  mib = 2**20
+  return '\n'.join([
+      f"Total params:                {summary['params']:,}",
+      f"Binary (1-bit) params:       {summary['binary_params']:,}",
+      f"Model size:                  {summary['model_size_bytes'] / mib:.2f} MiB",
+      f"Float-32 equivalent:         {summary['float32_size_bytes'] / mib:.2f} MiB",
+      f"Compression ratio:           {summary['compression_ratio']:.2f}x",
+      f"MACs:                        {summary['macs']:,}",
+      f"Binarized MACs:              {summary['binarized_macs_ratio']:.2%}",
+      f"BOPs / FLOPs / OPs:          {summary['bops']:.3e} / {summary['flops']:.3e} / "
+      f"{summary['ops']:.3e}",
+  ])
 
 
 def main(argv=None) -> int:

@@ -22,9 +22,12 @@ import optax
 from mcj import checkpoint as checkpoint_lib
 from mcj import config as config_lib
 from mcj import data as data_lib
+from mcj import layers
 from mcj import metrics as metrics_lib
 from mcj import optim
 from mcj import parallel
+from mcj import quantizers
+from mcj import summary as summary_lib
 from mcj.config import ConfigError
 from mcj.models import get_model
 
@@ -65,7 +68,10 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-OPEN_BLOCKS = ('model',)  # blocks whose keys are passed on as keyword options
+OPEN_BLOCKS = ('model',)
+# Summary totals written to results.json (see mcj/summary.py for the conventions).
+SIZE_KEYS = ('binary_params', 'model_size_bytes', 'float32_size_bytes', 'compression_ratio',
+             'macs', 'bops', 'flops', 'ops')  # blocks whose keys are passed on as keyword options
 
 
 def merge_config(user) -> ml_collections.ConfigDict:
@@ -143,8 +149,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       dtype=jnp.dtype(config.compute_dtype), bn_axis_name=AXIS, **model_options)
   except TypeError as e:
     raise ConfigError(f'Bad option for model {config.model.name!r}: {e}.') from None
+  binary = config.binary
+  binary_mask = (layers.binary_kernel_mask(model, info.image_shape)
+                 if binary.optimizer or binary.latent_clip else None)
   schedule = optim.make_schedule(config, total_steps, steps_per_epoch)
-  tx = optim.make_optimizer(config, schedule)
+  tx = optim.make_optimizer(config, schedule, binary_mask)
 
   def init_state(rng):
     dummy = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
@@ -170,9 +179,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                              jax.lax.axis_index(AXIS))
 
     def loss_fn(params):
-      logits, new_vars = model.apply(
-          {'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
-          train=True, mutable=['batch_stats'], rngs={'dropout': rng})
+      # Quantizers with a schedule (IR-Net, BNext) read the fraction of training done.
+      with quantizers.training_progress(state['step'].astype(jnp.float32) / total_steps):
+        logits, new_vars = model.apply(
+            {'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
+            train=True, mutable=['batch_stats'], rngs={'dropout': rng})
       loss = cross_entropy(logits, batch['label'], info.num_classes,
                            config.label_smoothing).mean()
       return loss, (logits, new_vars.get('batch_stats', {}))
@@ -226,6 +237,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state = restored
     say(f'mcj: resumed from step {restored_step} in {checkpointer.directory}.')
+  elif config.init_from:
+    # A new run that starts from another run's weights (e.g. ReActNet's second step);
+    # the optimizer state starts afresh.
+    loaded = checkpoint_lib.load_variables(config.init_from)
+    params = checkpoint_lib.fit_variables(state['params'], loaded['params'], config.init_from)
+    stats = checkpoint_lib.fit_variables(state['batch_stats'], loaded['batch_stats'],
+                                         config.init_from)
+    state = jax.jit(lambda p, s: {'step': jnp.zeros((), jnp.int32), 'params': p,
+                                  'batch_stats': s, 'opt_state': tx.init(p)},
+                    out_shardings=parallel.replicated(mesh))(params, stats)
+    say(f'mcj: params initialised from {config.init_from}.')
   start_step = int(parallel.fetch(state['step']))
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
 
@@ -292,10 +314,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     save(step)
   checkpointer.close()
   final = evaluate(state)
+  size = summary_lib.summarize(model, info.image_shape)
   results = {'step': step, **final, 'params': int(num_params),
+             **{k: size[k] for k in SIZE_KEYS},
              'train_seconds': round(train_seconds, 2), 'model': config.model.name,
              'data': config.data.name}
   say(f'mcj: final eval at step {step} | ' + _fmt(final))
+  say(f'mcj: compression summary of {config.model.name} '
+      f'({"x".join(map(str, info.image_shape))} input):\n' + summary_lib.format_totals(size))
   if is_main:
     writer.write(step, final)
     writer.close()

@@ -4,6 +4,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from mcj import optim
@@ -127,3 +128,53 @@ def test_total_steps_from_epochs_and_exclusivity():
                               1050) == 21
   with pytest.raises(ConfigError, match='exactly one of'):
     optim.total_steps_of(config(total_epochs=2.0), 1000)
+
+
+def test_bop_flips_where_momentum_agrees_with_the_weight_sign():
+  tx = optim.bop(threshold=0.1, gamma=0.5)
+  w = jnp.array([0.3, -0.7, 0.2, -0.1, 0.0])
+  state = tx.init(w)
+  g = jnp.array([1.0, -1.0, -1.0, 0.1, 1.0])
+  updates, state = tx.update(g, state, w)
+  # m = 0 + 0.5 (g - 0) = g / 2; flip iff w * m > 0.1
+  np.testing.assert_allclose(state.momentum, g / 2)
+  np.testing.assert_allclose(w + updates, [-1.0, 1.0, 1.0, -1.0, 1.0], rtol=1e-7)  # sign(0)=+1
+  w = jnp.array([-1.0, 1.0, 1.0, -1.0, 1.0])
+  updates, state = tx.update(g, state, w)
+  # m = 0.5 + 0.5 (1 - 0.5) = 0.75 ...; weights now +-1: flip again iff w * m > 0.1
+  np.testing.assert_allclose(state.momentum, 0.75 * g)
+  np.testing.assert_array_equal(w + updates, [-1.0, 1.0, 1.0, -1.0, -1.0])  # exact from +-1
+  assert int(state.count) == 2
+
+
+def test_binary_block_routes_kernels_to_bop_and_clips_latents():
+  import ml_collections
+  config = ml_collections.ConfigDict({
+      'optimizer': {'name': 'sgd', 'lr': 0.5, 'momentum': 0.0, 'weight_decay': 0.0},
+      'binary': {'optimizer': 'bop', 'bop_threshold': 0.0, 'bop_gamma': 1.0, 'latent_clip': 0.0}})
+  params = {'binary': {'kernel': jnp.array([[0.5, -0.5]])}, 'real': {'kernel': jnp.array([[0.5]])}}
+  mask = {'binary': {'kernel': True}, 'real': {'kernel': False}}
+  tx = optim.make_optimizer(config, optax.constant_schedule(0.5), mask)
+  grads = {'binary': {'kernel': jnp.array([[1.0, 1.0]])}, 'real': {'kernel': jnp.array([[1.0]])}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new['binary']['kernel'], [[-1.0, -1.0]])  # flip, sign
+  np.testing.assert_allclose(new['real']['kernel'], [[0.0]])  # SGD: 0.5 - 0.5 * 1
+
+  config.binary.optimizer, config.binary.latent_clip = '', 0.6
+  tx = optim.make_optimizer(config, optax.constant_schedule(0.5), mask)
+  grads = {'binary': {'kernel': jnp.array([[-1.0, 1.0]])}, 'real': {'kernel': jnp.array([[-1.0]])}}
+  new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+  np.testing.assert_allclose(new['binary']['kernel'], [[0.6, -0.6]])  # 1.0, -1.0 clipped
+  np.testing.assert_allclose(new['real']['kernel'], [[1.0]])  # not clipped
+
+
+def test_binary_block_without_binary_layers_is_a_clear_error():
+  import ml_collections
+  config = ml_collections.ConfigDict({'optimizer': {'name': 'adam', 'lr': 0.1},
+                                      'binary': {'optimizer': 'bop', 'latent_clip': 0.0}})
+  with pytest.raises(ConfigError, match='no binary'):
+    optim.make_optimizer(config, optax.constant_schedule(0.1), {'w': False})
+  config.binary.optimizer = 'sgd'
+  with pytest.raises(ConfigError, match='Unknown binary optimizer'):
+    optim.make_optimizer(config, optax.constant_schedule(0.1), {'w': True})
