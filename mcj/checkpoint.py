@@ -9,6 +9,7 @@ import os
 import warnings
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -105,7 +106,8 @@ def fit_variables(target, loaded, source: str):
              if reshaped else '']
     raise ConfigError(f'The checkpoint in {source} does not fit the model: '
                       + '; '.join(p for p in parts if p) + '.')
-  leaves = [flat_loaded[k].astype(flat_target[k].dtype) for k in _flat(target)]
+  # Host arrays: the caller places them (e.g. replicated over every device of every host).
+  leaves = [np.asarray(flat_loaded[k]).astype(flat_target[k].dtype) for k in flat_target]
   return jax.tree.unflatten(jax.tree.structure(target), leaves)
 
 

@@ -259,3 +259,24 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
   step, params = final_params(workdir)
   assert 3 <= step < 100000
   assert f'stopped by SIGTERM at step {step}' in out
+
+
+# ------------------------------------------------------------------ init_from
+
+def test_init_from_copies_params_and_mismatch_lists_entries(tmp_path):
+  from mcj import checkpoint as checkpoint_lib
+  first = str(tmp_path / 'first')
+  train_and_evaluate(tiny('steps=3,shallow'), first)
+  # lr 0: one step changes only the BN statistics, so params must equal the source's.
+  second = str(tmp_path / 'second')
+  config = tiny('steps=1,shallow,lr=0.0', init_from=first)
+  config.optimizer.weight_decay = 0.0
+  train_and_evaluate(config, second)
+  source = checkpoint_lib.load_variables(first)['params']
+  copied = checkpoint_lib.load_variables(second)['params']
+  for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(copied)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ConfigError, match=r'does not fit the model: missing \d+: layer1_1/'):
+    train_and_evaluate(tiny('steps=1', init_from=first), str(tmp_path / 'deeper'))
+  with pytest.raises(ConfigError, match='No checkpoint found'):
+    train_and_evaluate(tiny('steps=1', init_from=str(tmp_path / 'nothing')), str(tmp_path / 'x'))
