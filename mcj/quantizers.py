@@ -4,12 +4,37 @@
 accepts ``None``/``'none'`` (no quantization), a callable, or a spec string such as
 ``'ste_sign(clip_value=1.5)'`` (the form configs use). Every quantizer carries a
 ``precision`` attribute (bits: 1 for sign functions, 2 for ternary, k for k-bit), which the
-summary reads to count binary params, model size and BOPs.
+summary reads to count binary params, model size and BOPs, and a ``quantizer_name``.
 
 Each forward value and gradient follows the paper named in its docstring; the formulas are
 tested at many points, boundaries included, in ``tests/test_quantizers.py``.
 
-Sign functions map 0 to +1 (as larq), so a binary tensor only ever holds +-1.
+==========================  =========================================================
+name                        method
+==========================  =========================================================
+ste_sign                    BinaryNet sign, clipped straight-through gradient
+approx_sign                 Bi-Real Net sign, piecewise-polynomial gradient
+swish_sign                  BNN+ sign, SignSwish gradient
+magnitude_aware_sign        Bi-Real Net weights: mean|W| per output channel x sign
+ste_heaviside               {0, 1} step, clipped straight-through gradient (larq)
+ste_tern                    ternary {-1, 0, 1} (larq; TWN threshold optional)
+dorefa                      DoReFa-Net k-bit activations or weights
+hard_sign                   BNext activation sign, straight-through gradient on [-1.5, 1.5]
+bnext_weight                BNext weights: temperature-annealed clip -> sign
+ede                         IR-Net sign with the error-decay estimator
+irnet_weight                IR-Net weights: per-filter balance, EDE sign, 2^n scale
+rsign                       ReActNet RSign: learned per-channel threshold, then sign
+lsq                         LSQ k-bit with a learned step size
+pact                        PACT k-bit activations with a learned clipping level
+noop                        identity that declares a precision (larq NoOp)
+==========================  =========================================================
+
+Sign functions map 0 to +1 (as larq), so a binary tensor only ever holds +-1 (the PyTorch
+references use ``torch.sign``, which maps 0 to 0; with float inputs this never matters).
+
+Quantizers with learned parameters (``rsign``, ``lsq``, ``pact``) are functions that build a
+small Flax module when called, so they must be called inside a module's ``@nn.compact``
+method (as ``mcj.layers`` does); the module becomes a child of the calling layer.
 
 Quantizers whose behaviour changes over training (IR-Net's error-decay estimator, BNext's
 annealed weights) read ``current_progress()``, the fraction of training done in [0, 1],
@@ -20,8 +45,10 @@ import ast
 import contextlib
 import contextvars
 import functools
-from typing import Callable
+import math
+from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -49,10 +76,20 @@ def current_progress():
   return 1.0 if value is None else value
 
 
+def _progress_array():
+  """``current_progress()`` as a float32 scalar clipped to [0, 1] (traced or not)."""
+  return jnp.clip(jnp.asarray(current_progress(), jnp.float32), 0.0, 1.0)
+
+
 # ----------------------------------------------------------------------------- helpers
 def _sign(x):
   """sign with sign(0) = +1, so binary tensors hold exactly +-1."""
   return jnp.where(x >= 0, 1, -1).astype(x.dtype)
+
+
+def _sign_forward(x, *schedule):
+  """``_sign`` as an ``_elementwise`` forward (the schedule only shapes the gradient)."""
+  return _sign(x)
 
 
 def _with_precision(fn, precision: int, name: str):
@@ -66,6 +103,40 @@ def precision_of(quantizer) -> int:
   if quantizer is None:
     return 32
   return int(getattr(quantizer, 'precision', 32))
+
+
+def _check(condition: bool, message: str):
+  if not condition:
+    raise ConfigError(message)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _elementwise(forward, derivative, x, *schedule):
+  """``forward(x, *schedule)`` whose gradient is ``g * derivative(x, *schedule)``.
+
+  ``forward`` and ``derivative`` are static; ``schedule`` holds scalars that may be traced
+  (a temperature read from the training progress) and get no gradient. The derivative is
+  evaluated in float32 and cast to the input's dtype.
+  """
+  return forward(x, *schedule)
+
+
+def _elementwise_fwd(forward, derivative, x, *schedule):
+  return forward(x, *schedule), (x, schedule)
+
+
+def _elementwise_bwd(forward, derivative, residuals, g):
+  x, schedule = residuals
+  dx = g.astype(jnp.float32) * derivative(x.astype(jnp.float32), *schedule)
+  return (dx.astype(x.dtype), *(jnp.zeros_like(s) for s in schedule))
+
+
+_elementwise.defvjp(_elementwise_fwd, _elementwise_bwd)
+
+
+def _inside(x, clip_value):
+  """1 where |x| <= clip_value (the clipped straight-through estimator), else 0."""
+  return (jnp.abs(x) <= clip_value).astype(jnp.float32)
 
 
 # ----------------------------------------------------------------------------- sign functions
@@ -118,10 +189,419 @@ def approx_sign() -> Quantizer:
   return _with_precision(_approx_sign, 1, 'approx_sign')
 
 
+def _swish_sign_derivative(x, beta):
+  bx = beta * x
+  return beta * (2 - bx * jnp.tanh(bx / 2)) / (1 + jnp.cosh(bx))
+
+
+def swish_sign(beta: float = 5.0) -> Quantizer:
+  """Sign with the SignSwish gradient (Darabi et al. 2018, BNN+; larq ``swish_sign``).
+
+  Forward ``sign(x)``; gradient ``beta (2 - beta x tanh(beta x / 2)) / (1 + cosh(beta x))``,
+  the derivative of ``2 sigmoid(beta x) (1 + beta x (1 - sigmoid(beta x))) - 1``: 2 beta / 2 =
+  beta at 0, slightly negative beyond |x| ~ 2.4 / beta, and 0 (not NaN) far out.
+  """
+  beta = float(beta)
+  derivative = functools.partial(_swish_sign_derivative, beta=beta)
+  return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1, 'swish_sign')
+
+
+def magnitude_aware_sign(clip_value: float = 1.0) -> Quantizer:
+  """Bi-Real Net's magnitude-aware weight sign (Liu et al. 2018; larq ``magnitude_aware_sign``).
+
+  ``mean|W|`` per output channel (over every axis but the last), a constant in the backward
+  pass, times ``ste_sign(W, clip_value)``. Output in {-a, +a} per channel: 1 bit plus a
+  per-channel float.
+  """
+  clip_value = float(clip_value)
+
+  def quantize(x):
+    scale = jnp.mean(jnp.abs(x), axis=tuple(range(x.ndim - 1)))
+    return jax.lax.stop_gradient(scale).astype(x.dtype) * _ste_sign(x, clip_value)
+
+  return _with_precision(quantize, 1, 'magnitude_aware_sign')
+
+
+def ste_heaviside(clip_value: float = 1.0) -> Quantizer:
+  """Step function with values {0, 1} (larq ``ste_heaviside``).
+
+  Forward 1 if ``x > 0`` else 0 (0 at x = 0, as larq's ``sign(relu(x))``); gradient
+  ``g * 1[|x| <= clip_value]``. One bit, but {0, 1} rather than +-1.
+  """
+  clip_value = float(clip_value)
+
+  def forward(x):
+    return (x > 0).astype(x.dtype)
+
+  derivative = functools.partial(_inside, clip_value=clip_value)
+  return _with_precision(lambda x: _elementwise(forward, derivative, x), 1, 'ste_heaviside')
+
+
+def hard_sign(clip_value: float = 1.5) -> Quantizer:
+  """BNext's activation binarizer ``HardSign(range=[-1.5, 1.5])`` (Guo et al. 2022,
+  hpi-xnor/BNext ``src/bnext.py``).
+
+  Forward ``sign(x)``; gradient that of ``clamp(x, -1.5, 1.5)``: ``g * 1[|x| <= 1.5]``.
+  BNext's ``HardSign`` also holds a temperature, but in its (default, non-progressive) mode
+  ``sign(clamp(x / T, -1, 1)) = sign(x)`` for any T > 0, so it plays no part here.
+  """
+  clip_value = float(clip_value)
+  derivative = functools.partial(_inside, clip_value=clip_value)
+  return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1, 'hard_sign')
+
+
+# ----------------------------------------------------------------------------- IR-Net
+def _ede_temperature(t_min, t_max):
+  """IR-Net's ``Log_UP``: t rises from t_min to t_max log-linearly with training progress."""
+  return t_min * (t_max / t_min) ** _progress_array()
+
+
+def _ede_derivative(x, t):
+  k = jnp.maximum(1 / t, 1.0)
+  return k * t / jnp.cosh(t * x) ** 2  # 1 - tanh^2, without float32 cancellation
+
+
+def _ede_sign(x, t_min, t_max):
+  return _elementwise(_sign_forward, _ede_derivative, x, _ede_temperature(t_min, t_max))
+
+
+def _check_ede(t_min, t_max):
+  _check(0 < t_min <= t_max, f'ede needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}.')
+
+
+def ede(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
+  """Sign with IR-Net's error-decay estimator (Qin et al. 2020; htqin/IR-Net).
+
+  Forward ``sign(x)``; gradient ``g * k t (1 - tanh^2(t x))`` with
+  ``t = t_min 10^(progress log10(t_max / t_min))`` and ``k = max(1 / t, 1)``: early on a
+  wide, identity-like gradient (k t = 1), late a narrow one close to the sign's derivative.
+  The official trainers set t once per epoch (``Log_UP(T_min, T_max, epoch)``); here t
+  follows the progress continuously. Defaults are the paper's (and the official VGG-Small
+  code's) T_min = 0.1, T_max = 10; the official ResNet-20 code uses t_min = 1e-3.
+  """
+  t_min, t_max = float(t_min), float(t_max)
+  _check_ede(t_min, t_max)
+  return _with_precision(lambda x: _ede_sign(x, t_min, t_max), 1, 'ede')
+
+
+def irnet_weight(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
+  """IR-Net's weight binarizer (Qin et al. 2020, Libra-PB; htqin/IR-Net ``IRConv2d``).
+
+  Per output channel (the last axis): balance and standardise ``W_std = (W - mean) / std``
+  (unbiased std, as ``torch.std``; the gradient flows through mean and std, as in the
+  official code), binarize with the EDE sign (see ``ede``), and multiply by the constant
+  power of two ``2^round(log2(mean|W_std|))`` (a bit shift at inference). A filter with
+  zero spread gives 0 rather than NaN.
+  """
+  t_min, t_max = float(t_min), float(t_max)
+  _check_ede(t_min, t_max)
+
+  def quantize(w):
+    axes = tuple(range(w.ndim - 1))
+    w32 = w.astype(jnp.float32)
+    centred = w32 - jnp.mean(w32, axis=axes)
+    count = math.prod(w.shape[:-1])
+    var = jnp.sum(centred ** 2, axis=axes) / max(count - 1, 1)
+    standardised = centred / jnp.sqrt(jnp.where(var > 0, var, 1.0))  # no NaN, also in grads
+    scale = 2.0 ** jnp.round(jnp.log2(jnp.mean(jnp.abs(standardised), axis=axes)))
+    out = _ede_sign(standardised, t_min, t_max) * jax.lax.stop_gradient(scale)
+    return out.astype(w.dtype)
+
+  return _with_precision(quantize, 1, 'irnet_weight')
+
+
+# ----------------------------------------------------------------------------- BNext weights
+_BNEXT_SIGN_BELOW = 1e-7  # hpi-xnor/BNext src/bnext.py: exact sign once T < 1e-7
+
+
+def _bnext_forward(w, temperature):
+  soft = jnp.clip(w.astype(jnp.float32) / jnp.maximum(temperature, 1e-8), -1, 1)
+  return jnp.where(temperature < _BNEXT_SIGN_BELOW, _sign(w).astype(jnp.float32),
+                   soft).astype(w.dtype)
+
+
+def bnext_weight(decay: float = 0.9, epochs: int = 512) -> Quantizer:
+  """BNext's temperature-annealed weight binarizer (Guo et al. 2022; hpi-xnor/BNext
+  ``HardBinaryConv`` and ``adjust_temperature`` in ``train_assistant_group_amp.py``).
+
+  Forward ``clip(W / T, -1, 1)``, exactly ``sign(W)`` once ``T < 1e-7`` (BNext-18's code:
+  1e-5); gradient identity (``binary.detach() - W.detach() + W``). The temperature starts
+  at 1 and is multiplied by ``decay`` = 0.9 every epoch, so ``T = decay^(progress *
+  epochs)`` (512 epochs: BNext's ImageNet scripts); the official code steps it once per
+  epoch, here it follows the progress continuously. Early in training the output is not
+  binary (at T = 1 it is ``clip(W, -1, 1)``); with the defaults it is exactly +-1 from 30%
+  of training on, and outside training (progress 1).
+  BNext also clamps the latent weights to [-1.5, 1.5] before every forward: use the
+  trainer's ``config.binary.latent_clip = 1.5`` for that (it does not change the forward
+  value, since ``clip(W / T, -1, 1)`` already saturates there for ``T <= 1``).
+  """
+  decay, epochs = float(decay), float(epochs)
+  _check(0 < decay < 1 and epochs > 0,
+         f'bnext_weight needs 0 < decay < 1 and epochs > 0, got decay={decay}, epochs={epochs}.')
+
+  def quantize(w):
+    temperature = decay ** (_progress_array() * epochs)
+    return _elementwise(_bnext_forward, lambda x, t: jnp.ones_like(x), w, temperature)
+
+  return _with_precision(quantize, 1, 'bnext_weight')
+
+
+# ----------------------------------------------------------------------------- ternary, k-bit
+def ste_tern(threshold_value: float = 0.05, ternary_weight_networks: bool = False,
+             clip_value: float = 1.0) -> Quantizer:
+  """Ternarization with the straight-through estimator (larq ``ste_tern``).
+
+  Forward ``sign(sign(x + D) + sign(x - D))`` on ``x`` clipped to ``+-clip_value``: +1 for
+  ``x >= D``, -1 for ``x <= -D``, 0 between. ``D = threshold_value``, or with
+  ``ternary_weight_networks=True`` ``D = 0.7 mean|x|`` over the whole tensor (Li & Liu 2016,
+  TWN), a constant in the backward pass. Gradient ``g * 1[|x| <= clip_value]``.
+  """
+  threshold_value, clip_value = float(threshold_value), float(clip_value)
+  twn = bool(ternary_weight_networks)
+
+  def forward(x, threshold):
+    x = jnp.clip(x, -clip_value, clip_value)
+    t = threshold.astype(x.dtype)
+    return jnp.sign(jnp.sign(x + t) + jnp.sign(x - t))
+
+  derivative = lambda x, threshold: _inside(x, clip_value)
+
+  def quantize(x):
+    if twn:
+      clipped = jnp.clip(x.astype(jnp.float32), -clip_value, clip_value)
+      threshold = jax.lax.stop_gradient(0.7 * jnp.mean(jnp.abs(clipped)))
+    else:
+      threshold = jnp.asarray(threshold_value, jnp.float32)
+    return _elementwise(forward, derivative, x, threshold)
+
+  return _with_precision(quantize, 2, 'ste_tern')
+
+
+def _round_k_bit(x, k_bit):
+  """``round(x (2^k - 1)) / (2^k - 1)`` on [0, 1] (round half to even, as TF and torch)."""
+  n = 2 ** k_bit - 1
+  return jnp.round(x * n) / n
+
+
+def dorefa(k_bit: int = 2, mode: str = 'activations') -> Quantizer:
+  """DoReFa-Net k-bit quantizer (Zhou et al. 2016; larq ``DoReFa``).
+
+  ``mode='activations'``: ``quantize_k(clip(x, 0, 1))`` with gradient ``g * 1[0 <= x <= 1]``.
+  ``mode='weights'``: ``2 quantize_k(tanh(W) / (2 max|tanh W|) + 1/2) - 1`` with the
+  straight-through estimator for the rounding and ``max|tanh W|`` a constant in the backward
+  pass (as larq), so the gradient is ``g (1 - tanh^2 W) / max|tanh W|``. Here
+  ``quantize_k(r) = round((2^k - 1) r) / (2^k - 1)``. The paper's special case for 1-bit
+  weights (``sign(W) E|W|``) is not applied (as larq).
+  """
+  _check(isinstance(k_bit, int) and k_bit >= 1,
+         f'dorefa needs an integer k_bit >= 1, got {k_bit!r}.')
+  _check(mode in ('activations', 'weights'),
+         f"dorefa mode must be 'activations' or 'weights', got {mode!r}.")
+
+  def quantize_unit(r):  # r in [0, 1], straight-through rounding
+    return _elementwise(lambda v: _round_k_bit(v.astype(jnp.float32), k_bit).astype(v.dtype),
+                        jnp.ones_like, r)
+
+  def activations(x):
+    clipped = _elementwise(lambda v: jnp.clip(v, 0, 1),
+                           lambda v: ((v >= 0) & (v <= 1)).astype(jnp.float32), x)
+    return quantize_unit(clipped)
+
+  def weights(w):
+    limited = jnp.tanh(w.astype(jnp.float32))
+    peak = jax.lax.stop_gradient(jnp.max(jnp.abs(limited)))
+    unit = jnp.where(peak > 0, limited / (2 * jnp.where(peak > 0, peak, 1.0)), 0.0) + 0.5
+    return (2 * quantize_unit(unit) - 1).astype(w.dtype)
+
+  return _with_precision(activations if mode == 'activations' else weights, k_bit, 'dorefa')
+
+
+def noop(precision: int = 32) -> Quantizer:
+  """The identity, declaring ``precision`` bits (larq ``NoOp``): for tensors that are
+  already quantized, or to count a layer at a given precision in the summary."""
+  _check(isinstance(precision, int) and precision >= 1,
+         f'noop needs an integer precision >= 1, got {precision!r}.')
+  return _with_precision(lambda x: x, precision, 'noop')
+
+
+# ----------------------------------------------------------------------------- learned quantizers
+class LearnedThresholdSign(nn.Module):
+  """ReActNet's RSign (Liu et al. 2020): ``sign(x - threshold)`` with a learned
+  per-channel (last axis) threshold, initialised to 0.
+
+  The official code (liuzechun/ReActNet) adds a ``LearnableBias`` instead, which is the
+  same function with ``bias = -threshold``.
+  """
+  sign: Callable = _approx_sign
+
+  @nn.compact
+  def __call__(self, x):
+    threshold = self.param('threshold', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    return self.sign(x - threshold.astype(x.dtype))
+
+
+def rsign(quantizer: Any = 'approx_sign') -> Quantizer:
+  """ReActNet's RSign (Liu et al. 2020): a learned per-channel threshold, then ``quantizer``
+  (default ``approx_sign``, the gradient ReActNet's ``BinaryActivation`` uses). Builds a
+  ``LearnedThresholdSign`` module (param ``threshold``) when called inside a Flax module.
+  """
+  sign = resolve(quantizer)
+  _check(sign is not None, 'rsign needs a sign quantizer, got none.')
+
+  def quantize(x):
+    return LearnedThresholdSign(sign)(x)
+
+  return _with_precision(quantize, precision_of(sign), 'rsign')
+
+
+def _lsq_levels(bits: int, signed: bool):
+  """(Qn, Qp): the quantized integers run from -Qn to Qp (LSQ section 2)."""
+  if signed:
+    return 2 ** (bits - 1), 2 ** (bits - 1) - 1
+  return 0, 2 ** bits - 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _lsq(x, step, qn, qp, grad_scale):
+  v = jnp.clip(x.astype(jnp.float32) / step, -qn, qp)
+  return (jnp.round(v) * step).astype(x.dtype)
+
+
+def _lsq_fwd(x, step, qn, qp, grad_scale):
+  return _lsq(x, step, qn, qp, grad_scale), (x, step)
+
+
+def _lsq_bwd(qn, qp, grad_scale, residuals, g):
+  x, step = residuals
+  v = x.astype(jnp.float32) / step
+  g32 = g.astype(jnp.float32)
+  dx = g32 * ((v >= -qn) & (v <= qp))
+  dstep = jnp.where(v <= -qn, -qn, jnp.where(v >= qp, qp, jnp.round(v) - v))
+  return dx.astype(x.dtype), (jnp.sum(g32 * dstep) * grad_scale).astype(step.dtype)
+
+
+_lsq.defvjp(_lsq_fwd, _lsq_bwd)
+
+
+class LSQ(nn.Module):
+  """Learned step size quantization (Esser et al. 2020, ICLR).
+
+  ``q = round(clip(x / s, -Qn, Qp)) s`` with one learned step ``s`` (param ``step``).
+  Gradients: ``dq/dx = 1`` for ``-Qn <= x / s <= Qp`` (straight through the rounding), else
+  0; ``dq/ds = round(x/s) - x/s`` inside, ``-Qn`` for ``x/s <= -Qn``, ``Qp`` for ``x/s >= Qp``
+  (eq. 3), summed and scaled by ``g = 1 / sqrt(numel(x) Qp)``.
+
+  ``s`` is initialised as the paper does from the first input it sees, ``2 mean|x| /
+  sqrt(Qp)``: for a kernel that is the initialised kernel. An all-zero first input (the
+  dummy batch ``model.init`` usually gets) gives no information, so then ``step_init`` is
+  used, by default ``2 sqrt(2/pi) / sqrt(Qp)``: the paper's formula for a unit-normal input
+  (activations after batch norm).
+  """
+  bits: int = 4
+  signed: bool = True
+  step_init: float | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    qn, qp = _lsq_levels(self.bits, self.signed)
+    fallback = (self.step_init if self.step_init is not None
+                else 2 * math.sqrt(2 / math.pi) / math.sqrt(qp))
+
+    def init(rng):
+      del rng
+      from_data = 2 * jnp.mean(jnp.abs(x.astype(jnp.float32))) / math.sqrt(qp)
+      return jnp.where(from_data > 0, from_data, jnp.float32(fallback))
+
+    step = self.param('step', init)
+    return _lsq(x, step, qn, qp, 1 / math.sqrt(x.size * qp))
+
+
+def lsq(bits: int = 4, signed: bool = True, step_init: float | None = None) -> Quantizer:
+  """LSQ k-bit quantizer with a learned step size (Esser et al. 2020); see ``LSQ``.
+
+  ``signed=True`` for weights and signed activations (levels -2^(b-1) .. 2^(b-1) - 1),
+  ``False`` for non-negative activations (0 .. 2^b - 1).
+  """
+  _check(isinstance(bits, int) and bits >= (2 if signed else 1),
+         f'lsq needs an integer bits >= {2 if signed else 1} (signed={signed}), got {bits!r}.')
+  _check(step_init is None or step_init > 0, f'lsq step_init must be > 0, got {step_init!r}.')
+  bits, signed = int(bits), bool(signed)
+  step_init = None if step_init is None else float(step_init)
+
+  def quantize(x):
+    return LSQ(bits, signed, step_init)(x)
+
+  return _with_precision(quantize, bits, 'lsq')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _pact(x, alpha, bits):
+  levels = 2 ** bits - 1
+  y = jnp.clip(x.astype(jnp.float32), 0, alpha)
+  return (jnp.round(y * levels / alpha) * alpha / levels).astype(x.dtype)
+
+
+def _pact_fwd(x, alpha, bits):
+  return _pact(x, alpha, bits), (x, alpha)
+
+
+def _pact_bwd(bits, residuals, g):
+  x, alpha = residuals
+  x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
+  dx = g32 * ((x32 >= 0) & (x32 < alpha))
+  dalpha = jnp.sum(g32 * (x32 >= alpha))
+  return dx.astype(x.dtype), dalpha.astype(alpha.dtype)
+
+
+_pact.defvjp(_pact_fwd, _pact_bwd)
+
+
+class PACT(nn.Module):
+  """Parameterized clipping activation (Choi et al. 2018, eq. 1-3).
+
+  ``y = clip(x, 0, alpha)`` quantized to ``bits``: ``round(y (2^k - 1) / alpha) alpha /
+  (2^k - 1)``, with a learned ``alpha`` (param ``alpha``, one per layer). Gradients with
+  the straight-through estimator: ``dy/dx = 1`` on ``[0, alpha)``, else 0; ``dy/dalpha = 1``
+  where ``x >= alpha``, else 0 (eq. 3). The paper also puts L2 weight decay on ``alpha``.
+  """
+  bits: int = 4
+  alpha_init: float = 10.0
+
+  @nn.compact
+  def __call__(self, x):
+    alpha = self.param('alpha', nn.initializers.constant(self.alpha_init), (), jnp.float32)
+    return _pact(x, alpha, self.bits)
+
+
+def pact(bits: int = 4, alpha_init: float = 10.0) -> Quantizer:
+  """PACT k-bit activation quantizer with a learned clipping level; see ``PACT``."""
+  _check(isinstance(bits, int) and bits >= 1, f'pact needs an integer bits >= 1, got {bits!r}.')
+  _check(alpha_init > 0, f'pact alpha_init must be > 0, got {alpha_init!r}.')
+  bits, alpha_init = int(bits), float(alpha_init)
+
+  def quantize(x):
+    return PACT(bits, alpha_init)(x)
+
+  return _with_precision(quantize, bits, 'pact')
+
+
 # ----------------------------------------------------------------------------- registry
 QUANTIZERS: dict[str, Callable[..., Quantizer]] = {
     'ste_sign': ste_sign,
     'approx_sign': approx_sign,
+    'swish_sign': swish_sign,
+    'magnitude_aware_sign': magnitude_aware_sign,
+    'ste_heaviside': ste_heaviside,
+    'hard_sign': hard_sign,
+    'ste_tern': ste_tern,
+    'dorefa': dorefa,
+    'ede': ede,
+    'irnet_weight': irnet_weight,
+    'bnext_weight': bnext_weight,
+    'rsign': rsign,
+    'lsq': lsq,
+    'pact': pact,
+    'noop': noop,
 }
 
 

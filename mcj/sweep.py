@@ -1,0 +1,94 @@
+"""Run a config over a grid of its arguments and several seeds; print one table.
+
+  python -m mcj.sweep --config configs/digits/bnn.py --grid model=birealnet_digits,float_twin \\
+      --seeds 0,1,2 --workdir /tmp/mcj/sweep
+
+Each run is ``python -m mcj.train`` on ``<config>:<arg>`` with ``--config.seed=S`` in
+``<workdir>/<arg>/seed<S>`` (finished runs are not repeated: rerunning resumes). The
+table gives, per grid point, eval accuracy as mean +- sample std over seeds, and the
+model's params, binary params, model size and compression ratio (from ``results.json``);
+``--json`` prints the rows instead.
+"""
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+
+from mcj import config as config_lib
+from mcj.config import ConfigError
+
+
+def grid_args(grid: list[str]) -> list[str]:
+  """``['a=1,2', 'b=x']`` -> ``['a=1,b=x', 'a=2,b=x']`` (config argument strings)."""
+  axes = []
+  for item in grid:
+    key, eq, values = item.partition('=')
+    if not eq or not values:
+      raise ConfigError(f'--grid takes key=value1,value2,...; got {item!r}.')
+    axes.append([f'{key.strip()}={v.strip()}' for v in values.split(',')])
+  return [','.join(combo) for combo in itertools.product(*axes)] or ['']
+
+
+def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra=()) -> list[dict]:
+  """Trains every (arg, seed) pair not finished yet and returns one row per arg."""
+  from mcj.train import merge_config, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  rows = []
+  for arg in args:
+    results = []
+    for seed in seeds:
+      run_dir = os.path.join(workdir, arg.replace(',', '_').replace('=', '-') or 'default',
+                             f'seed{seed}')
+      done = os.path.join(run_dir, 'results.json')
+      if not os.path.exists(done):
+        spec = f'{config_path}:{arg}' if arg else config_path
+        config = merge_config(config_lib.load_config(spec))
+        config_lib.parse_overrides(config, [f'--config.seed={seed}', *extra])
+        train_and_evaluate(config, run_dir)
+      with open(done) as f:
+        results.append(json.load(f))
+    accuracies = [r['eval/accuracy'] for r in results]
+    first = results[0]
+    rows.append({
+        'arg': arg, 'seeds': seeds, 'accuracies': accuracies,
+        'accuracy_mean': statistics.fmean(accuracies),
+        'accuracy_std': statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        **{k: first.get(k) for k in ('model', 'params', 'binary_params', 'model_size_bytes',
+                                     'compression_ratio', 'bops', 'flops')}})
+  return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+  """A Markdown table."""
+  lines = ['| run | model | accuracy (mean +- std) | seeds | params | binary params | '
+           'model size | compression |', '|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    size = r['model_size_bytes']
+    lines.append(
+        f"| {r['arg'] or 'default'} | {r['model']} | {r['accuracy_mean']:.4f} +- "
+        f"{r['accuracy_std']:.4f} | {len(r['seeds'])} | {r['params']:,} | "
+        f"{r['binary_params'] or 0:,} | {size / 1024:.1f} KiB | {r['compression_ratio']:.2f}x |")
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m mcj.sweep', description=__doc__.split('\n')[0])
+  parser.add_argument('--config', required=True, help='config file (without :arg)')
+  parser.add_argument('--grid', nargs='*', default=[], help='key=v1,v2 config arguments')
+  parser.add_argument('--seeds', default='0', help='comma-separated seeds')
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--json', action='store_true', help='print the rows as JSON')
+  args, extra = parser.parse_known_args(argv)
+  try:
+    seeds = [int(s) for s in args.seeds.split(',')]
+    rows = run(args.config, grid_args(args.grid), seeds, args.workdir, extra)
+  except (ConfigError, ValueError) as e:
+    print(f'mcj.sweep: error: {e}', file=sys.stderr)
+    return 2
+  print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
