@@ -75,6 +75,7 @@ class QuantConv(_QuantKernel):
   strides: int | Sequence[int] = 1
   padding: Any = 'SAME'
   feature_group_count: int = 1
+  kernel_dilation: int | Sequence[int] = 1
   use_bias: bool = False
   input_quantizer: Any = None
   kernel_quantizer: Any = None
@@ -86,19 +87,21 @@ class QuantConv(_QuantKernel):
   @nn.compact
   def __call__(self, x):
     ksize, strides = _pairs(self.kernel_size), _pairs(self.strides)
+    dilation = _pairs(self.kernel_dilation)
     cin = x.shape[-1]
     if cin % self.feature_group_count:
       raise ValueError(f'{cin} input channels do not split into {self.feature_group_count} groups.')
     kernel = self.param('kernel', self.kernel_init,
                         (*ksize, cin // self.feature_group_count, self.features), jnp.float32)
     x = self.quantize_input(x.astype(self.dtype))
-    pads = _explicit_padding(self.padding, x.shape[1:3], ksize, strides)
+    effective = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilation))
+    pads = _explicit_padding(self.padding, x.shape[1:3], effective, strides)
     if self.pad_value and pads != 'VALID':
       x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=self.pad_value)
       pads = 'VALID'
     y = jax.lax.conv_general_dilated(
         x, self.quantized_kernel(kernel).astype(self.dtype), strides, pads,
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
         feature_group_count=self.feature_group_count)
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(

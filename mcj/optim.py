@@ -102,30 +102,35 @@ def clip_latent_weights(limit: float, mask) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def _named(name, opt, schedule, wd) -> optax.GradientTransformation:
+  """The optimizer ``name`` with the hyper-parameters of ``opt`` and weight decay ``wd``."""
+  b1, b2, eps = opt.get('b1', 0.9), opt.get('b2', 0.999), opt.get('eps', 1e-8)
+  if name == 'sgd':
+    return optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                       optax.sgd(schedule, momentum=opt.get('momentum', 0.9) or None,
+                                 nesterov=opt.get('nesterov', False)))
+  if name == 'adam':
+    return optax.chain(optax.add_decayed_weights(wd, decay_mask),
+                       optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+  if name == 'adamw':
+    return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=decay_mask)
+  if name == 'lamb':
+    return optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=decay_mask)
+  raise ConfigError(f'Unknown optimizer {name!r}. Available: {", ".join(OPTIMIZERS)}.')
+
+
 def make_optimizer(config, schedule: optax.Schedule, binary_mask=None
                    ) -> optax.GradientTransformation:
   """The optimizer named by ``config.optimizer.name``, with clipping and weight decay.
 
   ``binary_mask`` (a params-shaped tree, True at binary latent kernels) is needed by
-  ``config.binary``: Bop for those kernels while the named optimizer trains the rest, and
-  latent-weight clipping.
+  ``config.binary``: ``binary.optimizer`` trains those kernels ('bop', or any optimizer
+  name, at ``binary.lr`` with the same schedule shape and no weight decay, as larq's
+  ``CaseOptimizer`` recipes) while ``optimizer`` trains the rest; ``binary.latent_clip``
+  keeps them in [-clip, clip].
   """
   opt = config.optimizer
-  name, wd = opt.name, opt.get('weight_decay', 0.0)
-  b1, b2, eps = opt.get('b1', 0.9), opt.get('b2', 0.999), opt.get('eps', 1e-8)
-  if name == 'sgd':
-    core = optax.chain(optax.add_decayed_weights(wd, decay_mask),
-                       optax.sgd(schedule, momentum=opt.get('momentum', 0.9) or None,
-                                 nesterov=opt.get('nesterov', False)))
-  elif name == 'adam':
-    core = optax.chain(optax.add_decayed_weights(wd, decay_mask),
-                       optax.adam(schedule, b1=b1, b2=b2, eps=eps))
-  elif name == 'adamw':
-    core = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=decay_mask)
-  elif name == 'lamb':
-    core = optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=decay_mask)
-  else:
-    raise ConfigError(f'Unknown optimizer {name!r}. Available: {", ".join(OPTIMIZERS)}.')
+  core = _named(opt.name, opt, schedule, opt.get('weight_decay', 0.0))
   clip = opt.get('grad_clip_norm', None)
   tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
   binary = config.get('binary', None) or {}
@@ -136,12 +141,16 @@ def make_optimizer(config, schedule: optax.Schedule, binary_mask=None
     raise ConfigError('config.binary sets an optimizer or latent_clip, but the model has no '
                       'binary (1-bit kernel) layers; unset config.binary or pick a binary model.')
   if binary_optimizer:
-    if binary_optimizer != 'bop':
-      raise ConfigError(f'Unknown binary optimizer {binary_optimizer!r}. Available: bop.')
+    if binary_optimizer == 'bop':
+      binary_tx = bop(binary.get('bop_threshold', 1e-8), binary.get('bop_gamma', 1e-4))
+    elif binary_optimizer in OPTIMIZERS:
+      ratio = (binary.get('lr', None) or opt.lr) / opt.lr if opt.lr else 0.0
+      binary_tx = _named(binary_optimizer, opt, lambda step: schedule(step) * ratio, 0.0)
+    else:
+      raise ConfigError(f'Unknown binary optimizer {binary_optimizer!r}. '
+                        f'Available: bop, {", ".join(OPTIMIZERS)}.')
     labels = jax.tree.map(lambda b: 'binary' if b else 'real', binary_mask)
-    tx = optax.multi_transform(
-        {'binary': bop(binary.get('bop_threshold', 1e-8), binary.get('bop_gamma', 1e-4)),
-         'real': tx}, labels)
+    tx = optax.multi_transform({'binary': binary_tx, 'real': tx}, labels)
   if limit:
     tx = optax.chain(tx, clip_latent_weights(limit, binary_mask))
   return tx

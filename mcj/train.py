@@ -54,9 +54,11 @@ def default_config() -> ml_collections.ConfigDict:
                    'end_factor': 0.0, 'step_epochs': (), 'step_factor': 0.1},
       # Binary latent weights (kernels of layers whose kernel quantizer has 1 bit):
       # optimizer '' trains them with `optimizer` like every other param; 'bop' flips their
-      # signs with larq's Bop (Helwegen et al. 2019) while `optimizer` trains the rest.
-      # latent_clip > 0 keeps them in [-latent_clip, latent_clip] after every update.
-      'binary': {'optimizer': '', 'bop_threshold': 1e-8, 'bop_gamma': 1e-4,
+      # signs with larq's Bop (Helwegen et al. 2019), and an optimizer name (e.g. 'adam')
+      # trains them at `lr` (None: optimizer.lr; same schedule shape, no weight decay),
+      # while `optimizer` trains the rest. latent_clip > 0 keeps them in
+      # [-latent_clip, latent_clip] after every update.
+      'binary': {'optimizer': '', 'lr': None, 'bop_threshold': 1e-8, 'bop_gamma': 1e-4,
                  'latent_clip': 0.0},
       'init_from': '',               # a workdir or checkpoint folder to take params from
       'label_smoothing': 0.0,
@@ -201,8 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return new_state, metrics
 
   def eval_step(state, batch):
-    logits = model.apply({'params': state['params'], 'batch_stats': state['batch_stats']},
-                         batch['image'], train=False).astype(jnp.float32)
+    # Scheduled quantizers evaluate as trained so far (1.0, i.e. final, at the last step).
+    with quantizers.training_progress(state['step'].astype(jnp.float32) / total_steps):
+      logits = model.apply({'params': state['params'], 'batch_stats': state['batch_stats']},
+                           batch['image'], train=False).astype(jnp.float32)
     mask, labels = batch['mask'], batch['label']
     top5 = jax.lax.top_k(logits, min(5, info.num_classes))[1]
     sums = {'loss': cross_entropy(logits, labels, info.num_classes) * mask,

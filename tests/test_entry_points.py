@@ -1,7 +1,9 @@
 """Entry points end to end: shipped configs' :runlocal variants and the benchmark."""
+import glob
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from mcj import bench
@@ -11,12 +13,30 @@ from mcj.train import train_and_evaluate
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('spec', ['configs/quickstart.py:runlocal',
-                                  'configs/cifar10/resnet.py:depth=20,runlocal'])
-def test_runlocal_config_trains(tmp_path, spec):
-  config = config_lib.load_config(os.path.join(ROOT, spec))
+CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_every_config_runlocal_trains(tmp_path, path):
+  """Every shipped config's default `:runlocal` variant trains end to end on this CPU."""
+  config = config_lib.load_config(os.path.join(ROOT, path) + ':runlocal')
   results = train_and_evaluate(config, str(tmp_path))
   assert results['step'] >= 2 and 0.0 <= results['eval/accuracy'] <= 1.0
+  assert results['model_size_bytes'] * results['compression_ratio'] == pytest.approx(
+      results['float32_size_bytes'])
+
+
+def test_bop_run_leaves_binary_kernels_at_plus_minus_one(tmp_path):
+  from mcj import checkpoint
+  config = config_lib.load_config(os.path.join(ROOT, 'configs/digits/bnn.py:runlocal'))
+  config.total_epochs, config.total_steps = None, 4
+  config.binary = {'optimizer': 'bop', 'bop_threshold': 1e-6, 'bop_gamma': 1e-2}
+  train_and_evaluate(config, str(tmp_path))
+  params = checkpoint.load_variables(str(tmp_path))['params']
+  kernel = np.asarray(params['layer2_0']['conv1']['kernel'])
+  np.testing.assert_allclose(np.abs(kernel), 1.0, rtol=1e-6)
+  assert np.abs(np.asarray(params['stem_conv']['kernel'])).max() < 1.0  # float: Adam
 
 
 def test_bench_reports_throughput():

@@ -26,6 +26,14 @@ def test_unquantized_conv_equals_flax_conv(kernel, stride, padding, groups):
                              atol=1e-5)
 
 
+def test_dilated_conv_equals_flax_conv():
+  x = _x((1, 9, 9, 2))
+  q = layers.QuantConv(3, 3, padding='SAME', kernel_dilation=2, pad_value=0.0)
+  variables = q.init(jax.random.key(1), x)
+  ref = nn.Conv(3, (3, 3), padding='SAME', kernel_dilation=2, use_bias=False)
+  np.testing.assert_allclose(q.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
 def test_binary_conv_forward_is_sign_times_xnor_scale():
   x = _x((2, 6, 6, 3))
   q = layers.QuantConv(4, 3, 1, 1, input_quantizer='ste_sign', kernel_quantizer='ste_sign',

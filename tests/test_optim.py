@@ -175,6 +175,22 @@ def test_binary_block_without_binary_layers_is_a_clear_error():
                                       'binary': {'optimizer': 'bop', 'latent_clip': 0.0}})
   with pytest.raises(ConfigError, match='no binary'):
     optim.make_optimizer(config, optax.constant_schedule(0.1), {'w': False})
-  config.binary.optimizer = 'sgd'
+  config.binary.optimizer = 'rmsprop'
   with pytest.raises(ConfigError, match='Unknown binary optimizer'):
     optim.make_optimizer(config, optax.constant_schedule(0.1), {'w': True})
+
+
+def test_binary_block_named_optimizer_uses_its_own_lr_and_no_decay():
+  import ml_collections
+  config = ml_collections.ConfigDict({
+      'optimizer': {'name': 'sgd', 'lr': 0.1, 'momentum': 0.0, 'weight_decay': 0.5},
+      'binary': {'optimizer': 'adam', 'lr': 0.01, 'latent_clip': 0.0}})
+  params = {'binary': {'kernel': jnp.array([[0.5, -0.5]])}, 'real': {'kernel': jnp.array([[0.5]])}}
+  mask = {'binary': {'kernel': True}, 'real': {'kernel': False}}
+  tx = optim.make_optimizer(config, lambda step: 0.1 * (1.0 - step / 10), mask)
+  grads = {'binary': {'kernel': jnp.array([[2.0, -3.0]])}, 'real': {'kernel': jnp.array([[1.0]])}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Adam's first step is -lr * g / |g| (up to eps); no weight decay on the binary kernels.
+  np.testing.assert_allclose(updates['binary']['kernel'], [[-0.01, 0.01]], rtol=1e-5)
+  # SGD with coupled decay: -lr * (g + wd * w).
+  np.testing.assert_allclose(updates['real']['kernel'], [[-0.1 * (1.0 + 0.5 * 0.5)]], rtol=1e-6)

@@ -111,9 +111,25 @@ def test_cli_unknown_model_exits_2_with_one_line():
 
 
 def test_config_of_unprepared_tfds_dataset_uses_its_known_input(capsys):
-  from mcj import layers, summary
   assert summary.main(['--config', f'{ROOT}/configs/cifar10/resnet.py:depth=56', '--json']) == 0
   out = json.loads(capsys.readouterr().out)
   assert out['params'] == 853_018 and out['input_shape'] == [32, 32, 3]
   assert summary.main(['--config', 'no/such/config.py']) == 2
   assert 'does not exist' in capsys.readouterr().err
+
+
+def test_birealnet18_and_reactnet_a_match_their_papers():
+  """Bi-Real Net (Liu et al. 2018, Table 4): 1.68e9 BOPs, 1.39e8 FLOPs, 1.63e8 OPs; larq-zoo:
+  11,689,512 params, 10,985,472 binary, 4.03 MiB. ReActNet (Liu et al. 2020, Table 3):
+  ReActNet-A 4.82e9 BOPs, 0.12e8 FLOPs, 0.87e8 OPs."""
+  s = summary.summarize(get_model('birealnet18', 1000), (224, 224, 3))
+  assert (s['params'], s['binary_params']) == (11_689_512, 10_985_472)
+  assert round(s['model_size_bytes'] / 2**20, 2) == 4.03
+  assert round(s['bops'] / 1e9, 2) == 1.68
+  assert s['flops'] / 1e8 == pytest.approx(1.39, abs=0.015)  # 1.378e8: stem + fc + shortcuts
+  assert s['ops'] / 1e8 == pytest.approx(1.63, abs=0.015)
+  r = summary.summarize(get_model('reactnet_a', 1000), (224, 224, 3))
+  assert round(r['bops'] / 1e9, 2) == 4.82
+  assert round(r['flops'] / 1e8, 2) == 0.12
+  assert round(r['ops'] / 1e8, 2) == 0.87
+  assert r['compression_ratio'] > 14

@@ -20,9 +20,8 @@ Recipes, plain cross-entropy, no weight decay or label smoothing in any of them:
   batch 64 (22, 29: 2 GPUs x 32; 42: 4 x 16), 59: Adam lr 3e-3 at batch 256 (8 x 32),
   cosine decay over 120 epochs. The trainer has no RAdam: Adam stands in for it.
 - QuickNet (larq-zoo ``training/sota_experiments.py``): batch 2048, 600 epochs, cosine decay
-  after 5 warmup epochs; larq-zoo trains binary latent weights with Adam (lr 1e-2) and the
-  rest with SGD (momentum 0.9, lr 0.1). The trainer has one optimizer for both: Adam at
-  1e-2 here, so this recipe is an approximation.
+  after 5 warmup epochs; binary latent weights train with Adam (lr 1e-2, `binary.optimizer`)
+  and the rest with SGD (momentum 0.9, lr 0.1), as larq-zoo's CaseOptimizer.
 larq's ``WeightClip`` kernel constraint on binary kernels (1.3 for BinaryDenseNet and
 MeliusNet, 1.25 for QuickNet) is ``binary.latent_clip``.
 Variants: `:model=meliusnet22`; `:batch=512` changes the batch and scales the lr linearly;
@@ -42,7 +41,9 @@ def _meliusnet(batch, lr):
               schedule={'name': 'cosine'})
 
 
-_QUICKNET = dict(batch=2048, epochs=600.0, clip=1.25, optimizer={'name': 'adam', 'lr': 1e-2},
+_QUICKNET = dict(batch=2048, epochs=600.0, clip=1.25,
+                 optimizer={'name': 'sgd', 'lr': 0.1, 'momentum': 0.9},
+                 binary={'optimizer': 'adam', 'lr': 1e-2},
                  schedule={'name': 'cosine', 'warmup_epochs': 5.0})
 
 RECIPES = {
@@ -67,7 +68,11 @@ def get_config(arg=None):
                       f'Available: {", ".join(RECIPES)}.')
   recipe = RECIPES[arg.model]
   batch = arg.batch or recipe['batch']
-  optimizer = dict(recipe['optimizer'], lr=recipe['optimizer']['lr'] * batch / recipe['batch'])
+  scale = batch / recipe['batch']
+  optimizer = dict(recipe['optimizer'], lr=recipe['optimizer']['lr'] * scale)
+  binary = {'latent_clip': recipe['clip']}
+  if 'binary' in recipe:
+    binary.update(recipe['binary'], lr=recipe['binary']['lr'] * scale)
   config = {
       'seed': 0,
       'batch_size': batch,
@@ -76,7 +81,7 @@ def get_config(arg=None):
       'data': {'name': 'imagenet2012', 'image_size': 224},
       'optimizer': optimizer,
       'schedule': dict(recipe['schedule']),
-      'binary': {'latent_clip': recipe['clip']},
+      'binary': binary,
       'compute_dtype': 'bfloat16',
       'log_every_steps': 100,
       'eval_every_steps': 5000,

@@ -21,7 +21,6 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from mcj import layers
@@ -29,26 +28,6 @@ from mcj import layers
 QUANTIZER = 'ste_sign(clip_value=1.3)'
 he_normal = nn.initializers.he_normal()
 glorot_normal = nn.initializers.glorot_normal()
-
-
-class DilatedQuantConv(layers.QuantConv):
-  """``layers.QuantConv`` with a dilated kernel (larq's ``dilation_rate``), stride 1, 'same'
-  padding with ``pad_value``."""
-  kernel_dilation: int = 1
-
-  @nn.compact
-  def __call__(self, x):
-    if self.strides != 1 or self.feature_group_count != 1 or self.use_bias:
-      raise ValueError('DilatedQuantConv has stride 1, one group and no bias.')
-    k = self.kernel_size
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features),
-                        jnp.float32)
-    x = self.quantize_input(x.astype(self.dtype))
-    pad = self.kernel_dilation * (k - 1) // 2
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=self.pad_value)
-    return jax.lax.conv_general_dilated(
-        x, self.quantized_kernel(kernel).astype(self.dtype), (1, 1), 'VALID',
-        rhs_dilation=(self.kernel_dilation,) * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 class BinaryDenseNet(nn.Module):
@@ -108,9 +87,7 @@ class BinaryDenseNet(nn.Module):
                    input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
                    kernel_scale=self.kernel_scale, kernel_init=glorot_normal, dtype=self.dtype,
                    name=name)
-    if dilation == 1:
-      return layers.QuantConv(padding='SAME', **options)
-    return DilatedQuantConv(kernel_dilation=dilation, **options)
+    return layers.QuantConv(padding='SAME', kernel_dilation=dilation, **options)
 
 
 MODELS = {

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcj import layers, quantizers
+from mcj import layers
 
 
 def _stage(widths_and_repeats):
@@ -55,15 +55,8 @@ CHANNELS = {
 }
 
 
-def _registered(name, fallback):
-  """``name`` when the quantizer registry has it, else an equivalent or nearest spec."""
-  return name if name in quantizers.QUANTIZERS else fallback
-
-
-# HardSign == ste_sign(clip_value=1.5). Without the annealed weight binarizer registered,
-# weights fall back to sign with the STE passing every latent weight within the +-1.5 clip.
-DEFAULT_INPUT_QUANTIZER = _registered('hard_sign', 'ste_sign(clip_value=1.5)')
-DEFAULT_KERNEL_QUANTIZER = _registered('bnext_weight', 'ste_sign(clip_value=1.5)')
+DEFAULT_INPUT_QUANTIZER = 'hard_sign'
+DEFAULT_KERNEL_QUANTIZER = 'bnext_weight'
 binary_kernel_init = nn.initializers.normal(1e-3)  # official: randn * 0.001
 
 
