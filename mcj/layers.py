@@ -32,6 +32,16 @@ dense_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 KERNEL_SCALES = ('none', 'xnor', 'learned')
 
 
+def batch_norm(train: bool, *, axis_name=None, dtype=jnp.float32, momentum=0.9, epsilon=1e-5,
+               **options) -> nn.BatchNorm:
+  """BatchNorm as every mcj model uses it: torch's defaults (flax momentum 0.9 = torch 0.1),
+  statistics averaged over the devices of ``axis_name``, and the two-pass variance
+  (E[x^2]-E[x]^2 cancels badly and makes 1- and n-device runs drift apart). ``options``
+  go to ``nn.BatchNorm`` (``name``, ``use_scale``, ...)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                      use_fast_variance=False, axis_name=axis_name, dtype=dtype, **options)
+
+
 def _pairs(value, n=2):
   return tuple(value) if isinstance(value, Sequence) else (value,) * n
 

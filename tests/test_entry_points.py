@@ -57,3 +57,24 @@ def test_bfloat16_compute_and_top5_eval(tmp_path):
   meta = ocp.StandardCheckpointer().metadata(str(tmp_path / 'checkpoints' / '2' / 'default'))
   dtypes = {str(m.dtype) for m in jax.tree.leaves(meta.item_metadata.tree['params'])}
   assert dtypes == {'float32'}
+
+
+def test_sweep_grid_seeds_table_and_resume(tmp_path, capsys):
+  from mcj import sweep
+  assert sweep.grid_args(['a=1,2', 'b=x']) == ['a=1,b=x', 'a=2,b=x']
+  assert sweep.grid_args([]) == ['']
+  tiny = os.path.join(ROOT, 'tests', 'tiny_config.py')
+  rows = sweep.run(tiny, ['steps=2,shallow=true'], [0, 1], str(tmp_path))
+  assert len(rows) == 1 and len(rows[0]['accuracies']) == 2
+  assert rows[0]['accuracy_mean'] == pytest.approx(sum(rows[0]['accuracies']) / 2)
+  assert rows[0]['compression_ratio'] == 1.0 and rows[0]['model'] == 'resnet20'
+  assert sorted(p.parent.name for p in tmp_path.glob('*/*/results.json')) == ['seed0', 'seed1']
+  capsys.readouterr()
+  # A rerun finds the finished runs: no training output, only the table.
+  argv = ['--config', tiny, '--grid', 'steps=2', 'shallow=true', '--seeds', '0,1',
+          '--workdir', str(tmp_path)]
+  assert sweep.main(argv) == 0
+  table = capsys.readouterr().out.strip().splitlines()
+  assert len(table) == 3 and table[0].startswith('| run | model | accuracy')
+  assert table[2].startswith('| steps=2,shallow=true | resnet20 | ') and '| 1.00x |' in table[2]
+  assert sweep.main(['--config', tiny, '--grid', 'steps', '--workdir', str(tmp_path)]) == 2

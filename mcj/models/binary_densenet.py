@@ -49,9 +49,8 @@ class BinaryDenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, use_fast_variance=False,
-                           axis_name=self.bn_axis_name, dtype=self.dtype)
+    bn = functools.partial(layers.batch_norm, train, axis_name=self.bn_axis_name,
+                           dtype=self.dtype)
     fp_conv = functools.partial(layers.QuantConv, padding='SAME', kernel_init=he_normal,
                                 dtype=self.dtype)
     x = x.astype(self.dtype)

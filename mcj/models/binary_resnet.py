@@ -43,9 +43,7 @@ class _Options(nn.Module):
                 kernel_scale=self.kernel_scale)
 
   def bn(self, train, name=None):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        use_fast_variance=False, axis_name=self.bn_axis_name,
-                        dtype=self.dtype, name=name)
+    return layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
 
   def binary_conv(self, features, kernel=3, stride=1, name=None):
     """The quantized conv (float when both quantizers are None)."""

@@ -62,8 +62,7 @@ binary_kernel_init = nn.initializers.normal(1e-3)  # official: randn * 0.001
 
 def _batch_norm(train, dtype, axis_name, name):
   # torch BatchNorm2d defaults: momentum 0.1 (0.9 here), eps 1e-5.
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      use_fast_variance=False, axis_name=axis_name, dtype=dtype, name=name)
+  return layers.batch_norm(train, axis_name=axis_name, dtype=dtype, name=name)
 
 
 class PReLU(nn.Module):

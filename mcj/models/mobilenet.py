@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mcj import layers
+
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_init = nn.initializers.normal(0.01)
 
@@ -40,10 +42,8 @@ class ConvBN(nn.Module):
                 (self.stride, self.stride), padding=((p, p), (p, p)),
                 feature_group_count=self.groups, use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name='conv')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                     epsilon=self.bn_epsilon, use_fast_variance=False,
-                     axis_name=self.bn_axis_name,
-                     dtype=self.dtype, name='bn')(x)
+    x = layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
+                          momentum=self.bn_momentum, epsilon=self.bn_epsilon, name='bn')(x)
     return x if self.act is None else self.act(x)
 
 

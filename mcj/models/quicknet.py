@@ -60,9 +60,8 @@ class QuickNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                           epsilon=1e-5, use_fast_variance=False,
-                           axis_name=self.bn_axis_name, dtype=self.dtype)
+    bn = functools.partial(layers.batch_norm, train, axis_name=self.bn_axis_name,
+                           dtype=self.dtype)
     keras_bn = functools.partial(bn, momentum=0.99, epsilon=1e-3)
     conv = functools.partial(layers.QuantConv, padding='SAME', dtype=self.dtype)
 

@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from mcj import layers
+
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # torch.nn.Linear's default weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 dense_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
@@ -31,9 +33,7 @@ class _Layers(nn.Module):
                    kernel_init=conv_init, dtype=self.dtype, name=name)
 
   def bn(self, train, name=None):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        use_fast_variance=False, axis_name=self.bn_axis_name,
-                        dtype=self.dtype, name=name)
+    return layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
 
 
 class BasicBlock(_Layers):
