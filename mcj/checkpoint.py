@@ -5,6 +5,7 @@ mid-save never leaves a half-written step that looks finished. If the newest fin
 still fails to restore (a damaged disk, a truncated copy), it is skipped with a warning and
 the one before is used.
 """
+import logging
 import os
 import warnings
 
@@ -65,7 +66,13 @@ def load_variables(path: str) -> dict:
   step_dir = _find_step_dir(path)
   item = os.path.join(step_dir, 'default')
   checkpointer = ocp.StandardCheckpointer()
-  meta = checkpointer.metadata(item).item_metadata.tree
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that a step folder has no metadata file
+  try:
+    meta = checkpointer.metadata(item).item_metadata.tree
+  finally:
+    absl_logger.setLevel(level)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
   state = checkpointer.restore(item, abstract)

@@ -4,7 +4,8 @@
       --seeds 0,1,2 --workdir /tmp/mcj/sweep
 
 Each run is ``python -m mcj.train`` on ``<config>:<arg>`` with ``--config.seed=S`` in
-``<workdir>/<arg>/seed<S>`` (finished runs are not repeated: rerunning resumes). The
+``<workdir>/<arg>/seed<S>``; an argument given with the config (``--config c.py:a=1``)
+applies to every run (finished runs are not repeated: rerunning resumes). The
 table gives, per grid point, eval accuracy as mean +- sample std over seeds, and the
 model's params, binary params, model size and compression ratio (from ``results.json``);
 ``--json`` prints the rows instead.
@@ -34,6 +35,7 @@ def grid_args(grid: list[str]) -> list[str]:
 def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra=()) -> list[dict]:
   """Trains every (arg, seed) pair not finished yet and returns one row per arg."""
   from mcj.train import merge_config, train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config_path, _, shared = config_path.partition(':')
   rows = []
   for arg in args:
     results = []
@@ -42,7 +44,8 @@ def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra
                              f'seed{seed}')
       done = os.path.join(run_dir, 'results.json')
       if not os.path.exists(done):
-        spec = f'{config_path}:{arg}' if arg else config_path
+        both = ','.join(a for a in (shared, arg) if a)
+        spec = f'{config_path}:{both}' if both else config_path
         config = merge_config(config_lib.load_config(spec))
         config_lib.parse_overrides(config, [f'--config.seed={seed}', *extra])
         train_and_evaluate(config, run_dir)
@@ -74,7 +77,8 @@ def format_rows(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m mcj.sweep', description=__doc__.split('\n')[0])
-  parser.add_argument('--config', required=True, help='config file (without :arg)')
+  parser.add_argument('--config', required=True,
+                      help='config file, optionally with :arg shared by every run')
   parser.add_argument('--grid', nargs='*', default=[], help='key=v1,v2 config arguments')
   parser.add_argument('--seeds', default='0', help='comma-separated seeds')
   parser.add_argument('--workdir', required=True)

@@ -22,12 +22,15 @@ import optax
 from mcj import checkpoint as checkpoint_lib
 from mcj import config as config_lib
 from mcj import data as data_lib
+from mcj import features as features_lib
 from mcj import layers
 from mcj import metrics as metrics_lib
 from mcj import optim
 from mcj import parallel
+from mcj import pipeline
 from mcj import quantizers
 from mcj import summary as summary_lib
+from mcj import teachers as teachers_lib
 from mcj.config import ConfigError
 from mcj.models import get_model
 
@@ -61,6 +64,23 @@ def default_config() -> ml_collections.ConfigDict:
       'binary': {'optimizer': '', 'lr': None, 'bop_threshold': 1e-8, 'bop_gamma': 1e-4,
                  'latent_clip': 0.0},
       'init_from': '',               # a workdir or checkpoint folder to take params from
+      # Knowledge distillation (mcj/teachers.py, mcj/distill.py). Each teacher is a dict:
+      # init_from (its mcj workdir or checkpoint; 'random' for benchmarks), model (default:
+      # the one in that workdir's config.json), weight, start / end (fractions of training
+      # when it teaches), compute_dtype ('' = the run's). Loss = label_weight * CE(labels)
+      # + logit_weight * logit_loss + feature_weight * feature_loss, averaged over teachers.
+      'distill': {'teachers': (), 'label_weight': 1.0,
+                  'logit_loss': 'kd',        # kd | distribution | dist | ''
+                  'logit_weight': 1.0, 'temperature': 4.0, 'dist_beta': 1.0, 'dist_gamma': 1.0,
+                  'feature_loss': '',        # fitnet | at | real_to_binary | rkd | ''
+                  'feature_weight': 1.0,
+                  'feature_stages': 4,       # the deepest resolutions both models share
+                  'feature_blocks': False,   # every block output there, not just the last
+                  'rkd_distance_weight': 25.0, 'rkd_angle_weight': 50.0},
+      'mixup_alpha': 0.0,
+      # A pipeline (mcj/pipeline.py): dicts with a name and the keys that stage overrides;
+      # each stage trains in <workdir>/<name>; init_from may name an earlier stage.
+      'stages': (),            # > 0: mixup (Zhang et al. 2018) inside the step
       'label_smoothing': 0.0,
       'compute_dtype': 'float32',    # or 'bfloat16'; params stay float32
       'log_every_steps': 50,
@@ -80,7 +100,7 @@ def merge_config(user) -> ml_collections.ConfigDict:
   """Defaults overlaid with ``user``; unknown keys and wrong types are ConfigErrors."""
   config = default_config()
   _merge_into(config, user, 'config')
-  if not config.model.name:
+  if not config.model.name and not config.stages:
     raise ConfigError('config.model.name is not set.')
   if config.compute_dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'compute_dtype must be float32 or bfloat16, got {config.compute_dtype!r}.')
@@ -121,6 +141,8 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
   config = merge_config(config)
+  if config.stages:
+    return pipeline.run(config, workdir, train_and_evaluate)
   is_main = jax.process_index() == 0
   say = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
   if is_main:
@@ -156,13 +178,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  if binary.optimizer or binary.latent_clip else None)
   schedule = optim.make_schedule(config, total_steps, steps_per_epoch)
   tx = optim.make_optimizer(config, schedule, binary_mask)
+  # Frozen teachers, replicated on every device; FitNet adapters train with the student.
+  distiller = teachers_lib.Distiller(
+      config.distill, get_model=get_model, image_shape=info.image_shape,
+      num_classes=info.num_classes, compute_dtype=config.compute_dtype, student=model,
+      seed=config.seed, place=jax.jit(lambda v: v, out_shardings=parallel.replicated(mesh)),
+  ) if config.distill.teachers else None
+  teacher_variables = distiller.variables if distiller else []
+  adapter_tx = optim.make_optimizer(config, schedule)
 
   def init_state(rng):
     dummy = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
     variables = model.init({'params': rng, 'dropout': rng}, dummy, train=False)
     params = variables['params']
-    return {'step': jnp.zeros((), jnp.int32), 'params': params,
-            'batch_stats': variables.get('batch_stats', {}), 'opt_state': tx.init(params)}
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+             'batch_stats': variables.get('batch_stats', {}), 'opt_state': tx.init(params)}
+    adapters = distiller.init_adapters(jax.random.fold_in(rng, 2)) if distiller else {}
+    if adapters:
+      state.update(adapters=adapters, adapter_opt_state=adapter_tx.init(adapters))
+    return state
 
   state = jax.jit(init_state, out_shardings=parallel.replicated(mesh))(
       jax.random.key(config.seed))
@@ -175,32 +209,62 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Each function below is written for ONE device and its share of the batch; pmean/psum
   # over AXIS combine devices. BatchNorm statistics are averaged inside the model.
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  label_weight = config.distill.label_weight if distiller else 1.0
 
-  def train_step(state, batch):
+  def train_step(state, batch, teacher_variables):
     rng = jax.random.fold_in(jax.random.fold_in(dropout_key, state['step']),
                              jax.lax.axis_index(AXIS))
+    progress = state['step'].astype(jnp.float32) / total_steps
+    images, labels = batch['image'], batch['label']
+    if config.mixup_alpha:  # teacher and student see the same mixed images (FunMatch)
+      images, partner, mix = data_lib.mixup(jax.random.fold_in(rng, 1), images,
+                                            config.mixup_alpha)
 
-    def loss_fn(params):
+    def label_loss(logits):
+      loss = cross_entropy(logits, labels, info.num_classes, config.label_smoothing)
+      if config.mixup_alpha:
+        loss = mix * loss + (1 - mix) * cross_entropy(
+            logits, labels[partner], info.num_classes, config.label_smoothing)
+      return loss.mean()
+
+    def loss_fn(trainable):
+      variables = {'params': trainable['params'], 'batch_stats': state['batch_stats']}
+      apply = dict(train=True, mutable=['batch_stats'], rngs={'dropout': rng})
       # Quantizers with a schedule (IR-Net, BNext) read the fraction of training done.
-      with quantizers.training_progress(state['step'].astype(jnp.float32) / total_steps):
-        logits, new_vars = model.apply(
-            {'params': params, 'batch_stats': state['batch_stats']}, batch['image'],
-            train=True, mutable=['batch_stats'], rngs={'dropout': rng})
-      loss = cross_entropy(logits, batch['label'], info.num_classes,
-                           config.label_smoothing).mean()
-      return loss, (logits, new_vars.get('batch_stats', {}))
+      with quantizers.training_progress(progress):
+        if distiller and distiller.needs_features:
+          (logits, new_vars), stages = features_lib.apply_with_features(
+              model, variables, images, **apply)
+        else:
+          (logits, new_vars), stages = model.apply(variables, images, **apply), {}
+      terms = {'train/label_loss': label_loss(logits)}
+      loss = label_weight * terms['train/label_loss']
+      if distiller:
+        distill_loss, distill_terms = distiller.loss(
+            logits, stages, teacher_variables, trainable.get('adapters'), images, progress,
+            AXIS)
+        loss, terms = loss + distill_loss, {**terms, **distill_terms}
+      return loss, (logits, new_vars.get('batch_stats', {}), terms)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'])
+    trainable = {'params': state['params']}
+    if 'adapters' in state:
+      trainable['adapters'] = state['adapters']
+    (loss, (logits, batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trainable)
     grads = jax.lax.pmean(grads, AXIS)
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    new_state = {'step': state['step'] + 1,
+    updates, opt_state = tx.update(grads['params'], state['opt_state'], state['params'])
+    new_state = {**state, 'step': state['step'] + 1,
                  'params': optax.apply_updates(state['params'], updates),
                  'batch_stats': batch_stats, 'opt_state': opt_state}
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-    metrics = {'train/loss': jax.lax.pmean(loss, AXIS),
-               'train/accuracy': jax.lax.pmean(accuracy, AXIS)}
-    return new_state, metrics
+    if 'adapters' in state:
+      updates, new_state['adapter_opt_state'] = adapter_tx.update(
+          grads['adapters'], state['adapter_opt_state'], state['adapters'])
+      new_state['adapters'] = optax.apply_updates(state['adapters'], updates)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+    metrics = {'train/loss': loss, 'train/accuracy': accuracy}
+    if distiller or config.mixup_alpha:
+      metrics.update(terms)
+    return new_state, jax.lax.pmean(metrics, AXIS)
 
   def eval_step(state, batch):
     # Scheduled quantizers evaluate as trained so far (1.0, i.e. final, at the last step).
@@ -216,7 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return jax.lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
 
   p_train_step = parallel.data_parallel(
-      train_step, mesh, in_specs=(parallel.REPLICATED, parallel.BATCH),
+      train_step, mesh, in_specs=(parallel.REPLICATED, parallel.BATCH, parallel.REPLICATED),
       out_specs=(parallel.REPLICATED, parallel.REPLICATED), donate_argnums=(0,))
   p_eval_step = parallel.data_parallel(
       eval_step, mesh, in_specs=(parallel.REPLICATED, parallel.BATCH),
@@ -248,9 +312,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     params = checkpoint_lib.fit_variables(state['params'], loaded['params'], config.init_from)
     stats = checkpoint_lib.fit_variables(state['batch_stats'], loaded['batch_stats'],
                                          config.init_from)
-    state = jax.jit(lambda p, s: {'step': jnp.zeros((), jnp.int32), 'params': p,
-                                  'batch_stats': s, 'opt_state': tx.init(p)},
-                    out_shardings=parallel.replicated(mesh))(params, stats)
+    state = jax.jit(lambda st, p, s: {**st, 'params': p, 'batch_stats': s,
+                                      'opt_state': tx.init(p)},
+                    out_shardings=parallel.replicated(mesh))(state, params, stats)
     say(f'mcj: params initialised from {config.init_from}.')
   start_step = int(parallel.fetch(state['step']))
   writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
@@ -290,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        for b in dataset.train_batches(start_step, config.batch_size)), size=2)
   step = start_step
   while step < total_steps:
-    state, metrics = p_train_step(state, next(batches))
+    state, metrics = p_train_step(state, next(batches), teacher_variables)
     step += 1
     pending.append((step, metrics))
     if step % config.log_every_steps == 0:

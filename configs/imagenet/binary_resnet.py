@@ -4,15 +4,10 @@ reference recipe.
 Commands (one host with 8 accelerators, or a TPU VM via launch/tpu_vm.sh):
   python -m mcj.train --config configs/imagenet/binary_resnet.py:model=binary_resnet_e18 \
       --workdir gs://BUCKET/mcj/in1k_resnet_e18 --config.data.data_dir=gs://BUCKET/tfds
-  # Real-to-Binary, three stages, each starting from the previous one's params:
-  python -m mcj.train --config configs/imagenet/binary_resnet.py:model=real_to_binary,stage=fp \
-      --workdir gs://BUCKET/mcj/r2b_fp --config.data.data_dir=gs://BUCKET/tfds
-  python -m mcj.train --config configs/imagenet/binary_resnet.py:model=real_to_binary,stage=ban \
-      --workdir gs://BUCKET/mcj/r2b_ban --config.data.data_dir=gs://BUCKET/tfds \
-      --config.init_from=gs://BUCKET/mcj/r2b_fp
-  python -m mcj.train --config configs/imagenet/binary_resnet.py:model=real_to_binary,stage=bnn \
-      --workdir gs://BUCKET/mcj/r2b_bnn --config.data.data_dir=gs://BUCKET/tfds \
-      --config.init_from=gs://BUCKET/mcj/r2b_ban
+  # Real-to-Binary: its four stages as one pipeline (<workdir>/teacher, fp, ban, bnn);
+  # rerun the same command to resume whichever stage was interrupted
+  python -m mcj.train --config configs/imagenet/binary_resnet.py:model=real_to_binary \
+      --workdir gs://BUCKET/mcj/r2b --config.data.data_dir=gs://BUCKET/tfds
 Data: TFDS `imagenet2012` (1.28M train / 50k validation), Inception crop + flip at 224,
 resize-256 centre-crop eval. The archives must be in DATA_DIR/downloads/manual first.
 Hardware: 8 GPUs or a TPU v3-8: one to two days per 100 epochs of these ResNet-18-sized nets.
@@ -30,18 +25,20 @@ Models (mcj/models/binary_resnet.py; float stem, shortcuts and classifier):
 - real_to_binary (Martinez et al. 2020): 65.01 top-1 (larq-zoo; 65.4 in the paper);
   11,986,920 params (11,995,624 with BN statistics, larq-zoo's figure), 10,985,472 binary,
   5.13 MiB without BN statistics (larq-zoo's "5.13 MB"; 5.16 with them). larq-zoo's
-  ``training/multi_stage_experiments.py``: `stage=fp` real-valued network with tanh conv
-  inputs and `stage=ban` binary activations: Adam lr 1e-3, batch 256, 75 epochs, 5 linear
-  warmup epochs, lr x0.3 at epochs 40, 60, 70, L2 1e-5 (weight decay 2e-5 on the
-  gradient); `stage=bnn` fully binary: Adam lr 2e-4, 10 warmup epochs then cosine decay
+  ``training/multi_stage_experiments.py`` (TrainR2B), stage by stage: `teacher` a float
+  ResNet-18, Adam lr 1e-3, batch 512, 100 epochs, 5 warmup epochs, cosine; `fp` the
+  real-valued R2B network with tanh conv inputs and `ban` binary activations: Adam lr
+  1e-3, batch 256, 75 epochs, 5 linear warmup epochs, lr x0.3 at epochs 40, 60, 70, L2 1e-5
+  (weight decay 2e-5 on the gradient), loss = labels + 3 x output matching (KL at T=1) +
+  30 x attention matching on the block outputs of the 4 stages (`fp` from `teacher`, `ban`
+  from `fp`); `bnn` fully binary, initialised from `ban` and taught by it with output
+  matching 0.8 and no attention term: Adam lr 2e-4, 10 warmup epochs then cosine decay
   (larq-zoo's variant of the paper's step schedule), no weight decay, latent weights
-  clipped to +-1. Each stage starts from the previous one's params (`init_from`).
-  The paper distils every stage from the previous one (stage fp from a float ResNet-18):
-  attention matching (weight 30) on the 8 block outputs and output matching (weight 3; 0.8
-  for the last stage) plus the label loss. Knowledge distillation is not in the trainer
-  yet, so these stages train on labels only; expect lower accuracy until it is.
-Variants: `:model=xnor_resnet18`; `:stage=fp|ban|bnn` (real_to_binary only); `:batch=N`
-scales the lr linearly; `:runlocal` runs a few steps on synthetic 32x32 data.
+  clipped to +-1.
+Variants: `:model=xnor_resnet18`; `:stage=fp|ban|bnn` (real_to_binary only) runs one stage
+(with `teacher=DIR`, its teacher's workdir, and `--config.init_from` for bnn); `:batch=N`
+scales the lr linearly; `:runlocal` runs a few steps on synthetic 32x32 data (the R2B
+pipeline with a shallow ResNet-20 as the first teacher).
 """
 from mcj.config import ConfigError, parse_arg, runlocal_overrides
 
@@ -70,37 +67,74 @@ RECIPES = {
     'real_to_binary/bnn': dict(
         batch=256, epochs=75.0, latent_clip=1.0, optimizer={'name': 'adam', 'lr': 2e-4},
         schedule={'name': 'cosine', 'warmup_epochs': 10.0}),
+    'real_to_binary/teacher': dict(
+        batch=512, epochs=100.0, optimizer={'name': 'adam', 'lr': 1e-3},
+        schedule={'name': 'cosine', 'warmup_epochs': 5.0}),
+}
+# Who teaches each R2B stage, and with which weights (larq-zoo's TrainR2B*).
+R2B_TEACHING = {
+    'fp': ('teacher', {'label_weight': 1.0, 'logit_loss': 'kd', 'temperature': 1.0,
+                       'logit_weight': 3.0, 'feature_loss': 'real_to_binary',
+                       'feature_weight': 30.0, 'feature_stages': 4, 'feature_blocks': True}),
+    'ban': ('fp', {'label_weight': 1.0, 'logit_loss': 'kd', 'temperature': 1.0,
+                   'logit_weight': 3.0, 'feature_loss': 'real_to_binary',
+                   'feature_weight': 30.0, 'feature_stages': 4, 'feature_blocks': True}),
+    'bnn': ('ban', {'label_weight': 1.0, 'logit_loss': 'kd', 'temperature': 1.0,
+                    'logit_weight': 0.8}),
 }
 
 
+def _stage(model, stage, batch_arg, teacher):
+  """One stage's keys: batch, epochs, model, optimizer, schedule, latent clip, teachers."""
+  recipe = RECIPES[f'{model}/{stage}' if model == 'real_to_binary' else model]
+  batch = batch_arg or recipe['batch']
+  optimizer = dict(recipe['optimizer'])
+  optimizer['lr'] *= batch / recipe['batch']
+  out = {'batch_size': batch, 'total_epochs': recipe['epochs'],
+         'optimizer': optimizer, 'schedule': recipe['schedule'],
+         'binary': {'latent_clip': recipe.get('latent_clip', 0.0)}}
+  if stage == 'teacher':
+    out['model'] = {'name': 'resnet18'}
+  else:
+    out['model'] = {'name': model, **(R2B_STAGES[stage] if model == 'real_to_binary' else {})}
+  if model == 'real_to_binary' and stage in R2B_TEACHING and teacher:
+    out['distill'] = {'teachers': ({'init_from': teacher},), **R2B_TEACHING[stage][1]}
+  return out
+
+
 def get_config(arg=None):
-  arg = parse_arg(arg, model='binary_resnet_e18', stage='bnn', batch=0, runlocal=False)
+  arg = parse_arg(arg, model='binary_resnet_e18', stage='', batch=0, teacher='',
+                  runlocal=False)
   models = ('xnor_resnet18', 'binary_resnet_e18', 'real_to_binary')
   if arg.model not in models:
     raise ConfigError(f'binary_resnet.py takes model={"|".join(models)}, got {arg.model!r}.')
-  if arg.stage not in R2B_STAGES:
+  if arg.stage and arg.stage not in R2B_STAGES:
     raise ConfigError(f'stage must be one of {"|".join(R2B_STAGES)}, got {arg.stage!r}.')
-  if arg.model != 'real_to_binary' and arg.stage != 'bnn':
+  if arg.model != 'real_to_binary' and arg.stage:
     raise ConfigError(f'stage applies to model=real_to_binary only, not {arg.model}.')
-  is_r2b = arg.model == 'real_to_binary'
-  recipe = RECIPES[f'{arg.model}/{arg.stage}' if is_r2b else arg.model]
-  batch = arg.batch or recipe['batch']
-  optimizer = dict(recipe['optimizer'])
-  optimizer['lr'] *= batch / recipe['batch']
-  config = {
+  common = {
       'seed': 0,
-      'batch_size': batch,
-      'total_epochs': recipe['epochs'],
-      'model': {'name': arg.model, **(R2B_STAGES[arg.stage] if is_r2b else {})},
       'data': {'name': 'imagenet2012', 'image_size': 224},
-      'optimizer': optimizer,
-      'schedule': recipe['schedule'],
-      'binary': {'latent_clip': recipe.get('latent_clip', 0.0)},
       'compute_dtype': 'bfloat16',
       'log_every_steps': 100,
       'eval_every_steps': 5000,
       'checkpoint_every_steps': 5000,
   }
-  if arg.runlocal:
-    config.update(runlocal_overrides(image_size=32, num_classes=10, num_train_examples=64))
-  return config
+  local = (runlocal_overrides(image_size=32, num_classes=10, num_train_examples=64)
+           if arg.runlocal else {})
+  if arg.model != 'real_to_binary' or arg.stage:
+    config = {**common, **_stage(arg.model, arg.stage or 'bnn', arg.batch, arg.teacher)}
+    return {**config, **local}
+  stages = []
+  for name in ('teacher', 'fp', 'ban', 'bnn'):
+    stage = {'name': name, **_stage(arg.model, name, arg.batch,
+                                    R2B_TEACHING.get(name, ('',))[0])}
+    if name == 'bnn':
+      stage['init_from'] = 'ban'
+    if arg.runlocal:  # a few steps each, and a small first teacher
+      for key in ('batch_size', 'total_epochs'):
+        stage.pop(key)
+      if name == 'teacher':
+        stage['model'] = {'name': 'resnet20'}
+    stages.append(stage)
+  return {**common, **local, 'stages': tuple(stages)}

@@ -104,3 +104,14 @@ def padded_eval_batches(images, labels, global_batch_size, process_index, proces
     mask = idx < n
     idx = np.where(mask, idx, 0)
     yield {'image': images[idx], 'label': labels[idx], 'mask': mask.astype(np.float32)}
+
+
+def mixup(rng, images, alpha: float):
+  """Mixup (Zhang et al. 2018) of one device's batch, inside the jitted step: returns
+  ``(lam * x + (1 - lam) * x[partner], partner, lam)`` with one lam ~ Beta(alpha, alpha)
+  per batch; the label loss is mixed with the same ``lam`` and ``partner``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  lam_rng, perm_rng = jax.random.split(rng)
+  lam = jax.random.beta(lam_rng, alpha, alpha)
+  partner = jax.random.permutation(perm_rng, images.shape[0])
+  return lam * images + (1 - lam) * images[partner], partner, lam

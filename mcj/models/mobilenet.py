@@ -105,11 +105,14 @@ class InvertedResidualV2(nn.Module):
 class MobileNetV2(nn.Module):
   """MobileNet v2 (Sandler et al. 2018) as torchvision: ReLU6, last 1280 channels.
 
-  3.5M params and ~301M MACs at 224 with ``width_multiplier`` 1.
+  3.5M params and ~301M MACs at 224 with ``width_multiplier`` 1. ``stem_stride`` 1 and a
+  smaller ``last_channel`` give the usual compact variants for tiny images (CIFAR, digits).
   """
   num_classes: int = 1000
   width_multiplier: float = 1.0
   dropout_rate: float = 0.2
+  stem_stride: int = 2
+  last_channel: int = 1280
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
@@ -122,7 +125,7 @@ class MobileNetV2(nn.Module):
   def __call__(self, x, train: bool = False):
     w = self.width_multiplier
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    x = ConvBN(make_divisible(32 * w), 3, 2, act=nn.relu6, name='stem',
+    x = ConvBN(make_divisible(32 * w), 3, self.stem_stride, act=nn.relu6, name='stem',
                **kw)(x, train)
     k = 0
     for t, c, n, s in self.settings:
@@ -130,7 +133,7 @@ class MobileNetV2(nn.Module):
         x = InvertedResidualV2(make_divisible(c * w), s if i == 0 else 1, t,
                                name=f'block{k}', **kw)(x, train)
         k += 1
-    x = ConvBN(make_divisible(1280 * max(1.0, w)), 1, act=nn.relu6,
+    x = ConvBN(make_divisible(self.last_channel * max(1.0, w)), 1, act=nn.relu6,
                name='head', **kw)(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)

@@ -1,0 +1,401 @@
+"""Distillation losses: each against an independent numpy (float64) implementation of its
+paper's formula at several random inputs, hand-checkable cases (identical student and
+teacher give 0, CE = KL + H), the analytic KD gradient, and device-count invariance of the
+relational losses (value, and gradients pmean-ed over devices as the trainer does)."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from mcj import distill
+from mcj.config import ConfigError
+
+SEEDS = [0, 1, 2]
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def logits(seed, n=8, c=10, scale=2.0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(0, scale, (n, c)).astype(np.float32),
+          rng.normal(0, scale, (n, c)).astype(np.float32))
+
+
+def features(seed, shape=(3, 6, 5, 4), shape_t=None):
+  rng = np.random.default_rng(seed)
+  s = rng.normal(0, 1, shape).astype(np.float32)
+  t = rng.normal(0, 1, shape_t or shape).astype(np.float32)
+  return s, t
+
+
+def f64(x):
+  return np.asarray(x, np.float64)
+
+
+# ----------------------------------------------------------------------------- numpy references
+def np_softmax(z):
+  z = f64(z)
+  e = np.exp(z - z.max(axis=-1, keepdims=True))
+  return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_kd(s, t, temp):
+  """T^2 * mean over examples of KL(p_t || p_s), p = softmax(z / T) (Hinton et al.)."""
+  ps, pt = np_softmax(f64(s) / temp), np_softmax(f64(t) / temp)
+  return temp ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=-1))
+
+
+def np_distribution(s, t):
+  """ReActNet: mean over examples of -sum_c p_t log p_s."""
+  return np.mean(-np.sum(np_softmax(t) * np.log(np_softmax(s)), axis=-1))
+
+
+def np_pearson(a, b):
+  a, b = a - a.mean(), b - b.mean()
+  return np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b))
+
+
+def np_dist(s, t, temp=1.0, beta=1.0, gamma=1.0):
+  """DIST: T^2 (beta * inter + gamma * intra), Pearson over classes / over the batch."""
+  ps, pt = np_softmax(f64(s) / temp), np_softmax(f64(t) / temp)
+  inter = np.mean([1 - np_pearson(ps[i], pt[i]) for i in range(ps.shape[0])])
+  intra = np.mean([1 - np_pearson(ps[:, c], pt[:, c]) for c in range(ps.shape[1])])
+  return temp ** 2 * (beta * inter + gamma * intra)
+
+
+def np_attention(a, p=2):
+  q = np.mean(np.abs(f64(a)) ** p, axis=-1).reshape(a.shape[0], -1)
+  return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def np_at(ss, ts, beta=1e3, p=2):
+  """Attention transfer as the official code: beta * sum_j mean((Q_s - Q_t)^2)."""
+  return beta * sum(np.mean((np_attention(s, p) - np_attention(t, p)) ** 2)
+                    for s, t in zip(ss, ts))
+
+
+def np_r2b(ss, ts):
+  """Real-to-Binary: sum_j mean_i ||Q_s/||Q_s|| - Q_t/||Q_t|| ||_2, Q = sum_c A_c^2."""
+  total = 0.0
+  for s, t in zip(ss, ts):
+    qs = np.sum(f64(s) ** 2, axis=-1).reshape(s.shape[0], -1)
+    qt = np.sum(f64(t) ** 2, axis=-1).reshape(t.shape[0], -1)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    qt /= np.linalg.norm(qt, axis=1, keepdims=True)
+    total += np.mean(np.linalg.norm(qs - qt, axis=1))
+  return total
+
+
+def np_huber(x, y):
+  d = np.abs(x - y)
+  return np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5))
+
+
+def np_rkd_distance(s, t):
+  def psi(e):
+    e = f64(e)
+    n = e.shape[0]
+    d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(n)] for i in range(n)])
+    return d / (d.sum() / (n * (n - 1)))  # mean over distinct pairs
+  return np_huber(psi(s), psi(t))
+
+
+def np_rkd_angle(s, t):
+  def psi(e):
+    e = f64(e)
+    n = e.shape[0]
+    out = np.zeros((n, n, n))
+    for i in range(n):
+      for j in range(n):
+        for k in range(n):
+          if j != i and k != i:
+            v, w = e[j] - e[i], e[k] - e[i]
+            out[i, j, k] = v @ w / (np.linalg.norm(v) * np.linalg.norm(w))
+    return out
+  return np_huber(psi(s), psi(t))
+
+
+# ----------------------------------------------------------------------------- logit losses
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('temperature', [1.0, 4.0])
+def test_hinton_kd_matches_formula(seed, temperature):
+  s, t = logits(seed)
+  got = distill.hinton_kd(s, t, temperature=temperature)
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(got, np_kd(s, t, temperature), **TOL)
+
+
+def test_hinton_kd_default_temperature_and_zero():
+  s, t = logits(3)
+  np.testing.assert_allclose(distill.hinton_kd(s, t), np_kd(s, t, 4.0), **TOL)
+  np.testing.assert_allclose(distill.hinton_kd(s, s, 4.0), 0.0, atol=1e-6)
+  # bfloat16 logits are cast to float32 inside
+  out = distill.hinton_kd(jnp.asarray(s, jnp.bfloat16), jnp.asarray(t, jnp.bfloat16))
+  assert out.dtype == jnp.float32
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('temperature', [1.0, 2.0, 8.0])
+def test_hinton_kd_gradient_is_analytic(seed, temperature):
+  """d/ds [T^2 mean KL] = T (softmax(s/T) - softmax(t/T)) / N."""
+  s, t = logits(seed)
+  g = jax.grad(distill.hinton_kd)(jnp.asarray(s), jnp.asarray(t), temperature)
+  expected = (np_softmax(s / temperature) - np_softmax(t / temperature)) * temperature / len(s)
+  np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_hinton_kd_t_squared_keeps_gradient_scale():
+  """For large T the gradient tends to ((s - mean s) - (t - mean t)) / (C N), whatever T
+  (Hinton et al., section 2.1); without the T^2 factor it would shrink as 1/T^2."""
+  s, t = logits(4, scale=1.0)
+  n, c = s.shape
+  limit = ((s - s.mean(1, keepdims=True)) - (t - t.mean(1, keepdims=True))) / (c * n)
+  for temperature in (20.0, 50.0, 100.0):
+    g = jax.grad(distill.hinton_kd)(jnp.asarray(s), jnp.asarray(t), temperature)
+    error = np.linalg.norm(np.asarray(g) - limit) / np.linalg.norm(limit)
+    assert error < 2.0 / temperature, (temperature, error)
+
+
+def test_traced_temperature_and_weights():
+  """Temperatures and weights may be traced (e.g. scheduled) as well as Python floats."""
+  s, t = logits(6)
+  kd = jax.jit(distill.hinton_kd)(s, t, jnp.float32(3.0))
+  np.testing.assert_allclose(kd, np_kd(s, t, 3.0), **TOL)
+  dist = jax.jit(distill.dist_loss)(s, t, jnp.float32(2.0), jnp.float32(0.5), jnp.float32(2.0))
+  np.testing.assert_allclose(dist, np_dist(s, t, 2.0, 0.5, 2.0), **TOL)
+  e_s, e_t = embeddings(6)
+  rkd = jax.jit(distill.rkd_loss)(e_s, e_t, jnp.float32(2.0), jnp.float32(3.0))
+  expected = 2.0 * np_rkd_distance(e_s, e_t) + 3.0 * np_rkd_angle(e_s, e_t)
+  np.testing.assert_allclose(rkd, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_distribution_loss_is_cross_entropy(seed):
+  s, t = logits(seed)
+  got = distill.distribution_loss(s, t)
+  np.testing.assert_allclose(got, np_distribution(s, t), **TOL)
+  # CE(p_t, p_s) = KL(p_t || p_s) + H(p_t): hinton_kd at T = 1 plus the teacher's entropy
+  pt = np_softmax(t)
+  entropy = np.mean(-np.sum(pt * np.log(pt), axis=-1))
+  np.testing.assert_allclose(got, distill.hinton_kd(s, t, 1.0) + entropy, **TOL)
+  np.testing.assert_allclose(distill.distribution_loss(t, t), entropy, **TOL)
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('temperature,beta,gamma', [(1.0, 1.0, 1.0), (4.0, 2.0, 0.5),
+                                                    (1.0, 1.0, 0.0), (2.0, 0.0, 1.0)])
+def test_dist_loss_matches_formula(seed, temperature, beta, gamma):
+  s, t = logits(seed, n=12)
+  got = distill.dist_loss(s, t, temperature=temperature, beta=beta, gamma=gamma)
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(got, np_dist(s, t, temperature, beta, gamma), **TOL)
+
+
+def test_dist_loss_perfect_correlation_is_zero():
+  s, _ = logits(5)
+  np.testing.assert_allclose(distill.dist_loss(s, s), 0.0, atol=1e-6)
+  # Pearson ignores the scale of the (centred) probabilities: still 0 for any T (up to
+  # T^2 = 16 times float32 rounding and the 1e-8 epsilon)
+  np.testing.assert_allclose(distill.dist_loss(s, s, temperature=4.0), 0.0, atol=1e-4)
+  # anti-correlated inter-class relation: 1 - (-1) = 2 per example, with two classes
+  two = np.array([[1.0, -1.0], [-2.0, 0.5], [0.3, 0.1]], np.float32)
+  np.testing.assert_allclose(distill.dist_loss(two, -two, gamma=0.0), 2.0, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- feature losses
+def test_fitnet_adapter_and_loss():
+  s, t = features(0, (2, 4, 4, 8), (2, 4, 4, 16))
+  adapter = distill.FitNetAdapter(features=16)
+  params = adapter.init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)))['params']
+  out = adapter.apply({'params': params}, s)
+  assert out.shape == (2, 4, 4, 16) and out.dtype == jnp.float32
+  # a 1x1 convolution is a per-position linear map, starting with zero bias
+  kernel, bias = params['regressor']['kernel'], params['regressor']['bias']
+  assert kernel.shape == (1, 1, 8, 16)
+  np.testing.assert_array_equal(bias, 0.0)
+  np.testing.assert_allclose(out, f64(s) @ f64(kernel[0, 0]), rtol=1e-5, atol=1e-5)
+  # LeCun-normal: variance about 1 / fan_in
+  assert 0.3 / 8 < np.var(kernel) < 3.0 / 8
+  got = distill.fitnet_loss(out, t)
+  np.testing.assert_allclose(got, np.mean((f64(out) - f64(t)) ** 2), **TOL)
+  np.testing.assert_allclose(distill.fitnet_loss(t, t), 0.0)
+  assert isinstance(adapter, nn.Module)
+
+
+@pytest.mark.parametrize('p', [1, 2, 4])
+def test_attention_map(p):
+  s, _ = features(1)
+  q = distill.attention_map(s, p)
+  assert q.shape == (3, 30)
+  np.testing.assert_allclose(q, np_attention(s, p), **TOL)
+  np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_attention_transfer_matches_official_formula(seed):
+  s1, t1 = features(seed, (3, 8, 8, 4), (3, 8, 8, 6))  # channel counts may differ
+  s2, t2 = features(seed + 10, (3, 4, 4, 8), (3, 4, 4, 16))
+  got = distill.attention_transfer([s1, s2], [t1, t2])
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(got, np_at([s1, s2], [t1, t2]), **TOL)
+  np.testing.assert_allclose(distill.attention_transfer((s1,), (t1,), beta=2.0, p=4),
+                             np_at([s1], [t1], beta=2.0, p=4), **TOL)
+  np.testing.assert_allclose(distill.attention_transfer([s1, s2], [s1, s2]), 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+def test_real_to_binary_attention_matches_paper(seed):
+  s1, t1 = features(seed, (3, 8, 8, 4), (3, 8, 8, 6))
+  s2, t2 = features(seed + 10, (3, 4, 4, 8), (3, 4, 4, 16))
+  got = distill.real_to_binary_attention([s1, s2], [t1, t2])
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(got, np_r2b([s1, s2], [t1, t2]), **TOL)
+
+
+def test_real_to_binary_attention_identical_is_zero_with_finite_gradient():
+  s, _ = features(7)
+  np.testing.assert_allclose(distill.real_to_binary_attention([s], [s]), 0.0, atol=1e-7)
+  g = jax.grad(lambda x: distill.real_to_binary_attention([x], [s]))(jnp.asarray(s))
+  assert np.all(np.isfinite(g))
+  g = jax.grad(lambda x: distill.attention_transfer([x], [jnp.zeros_like(x)]))(jnp.zeros_like(s))
+  assert np.all(np.isfinite(g))
+
+
+def test_attention_losses_reject_mismatched_pairs():
+  s, t = features(0, (2, 4, 4, 3), (2, 2, 2, 3))
+  with pytest.raises(ValueError, match='match_spatial'):
+    distill.attention_transfer([s], [t])
+  with pytest.raises(ValueError, match='pair one to one'):
+    distill.real_to_binary_attention([s, s], [s])
+
+
+# ----------------------------------------------------------------------------- RKD
+def embeddings(seed, n=7, ds=5, dt=9, outlier=False):
+  rng = np.random.default_rng(seed)
+  s = rng.normal(0, 1, (n, ds)).astype(np.float32)
+  t = rng.normal(0, 3, (n, dt)).astype(np.float32)
+  if outlier:  # one far teacher point: normalised distances differ by > 1 (Huber's linear part)
+    t[0] += 40.0
+  return s, t
+
+
+@pytest.mark.parametrize('seed', SEEDS)
+@pytest.mark.parametrize('outlier', [False, True])
+def test_rkd_matches_formula(seed, outlier):
+  s, t = embeddings(seed, outlier=outlier)
+  dist, angle = np_rkd_distance(s, t), np_rkd_angle(s, t)
+  np.testing.assert_allclose(distill.rkd_distance(s, t), dist, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(distill.rkd_angle(s, t), angle, rtol=1e-5, atol=1e-6)
+  got = distill.rkd_loss(s, t)
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(got, 25.0 * dist + 50.0 * angle, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(distill.rkd_loss(s, t, distance_weight=1.0, angle_weight=0.0),
+                             dist, rtol=1e-5, atol=1e-6)
+
+
+def test_rkd_huber_linear_part_is_exercised():
+  s, t = embeddings(0, outlier=True)
+  def psi(e):
+    d = np.linalg.norm(f64(e)[:, None] - f64(e)[None], axis=-1)
+    return d / (d.sum() / (len(e) * (len(e) - 1)))
+  assert np.max(np.abs(psi(s) - psi(t))) > 1.0
+
+
+def test_rkd_identical_and_scaled_embeddings_give_zero():
+  s, _ = embeddings(1)
+  np.testing.assert_allclose(distill.rkd_loss(s, s), 0.0, atol=1e-5)
+  # both relations are scale invariant: a scaled, shifted copy is also a perfect match
+  np.testing.assert_allclose(distill.rkd_loss(s, 3.0 * s + 1.0), 0.0, atol=1e-4)
+  g = jax.grad(distill.rkd_loss)(jnp.asarray(s), jnp.asarray(s))
+  assert np.all(np.isfinite(g))
+
+
+# ----------------------------------------------------------------------------- plumbing
+def test_match_spatial_and_pool_embedding():
+  s, t = features(0, (2, 8, 6, 3), (2, 4, 3, 5))
+  pooled = distill.match_spatial(s, t)
+  expected = f64(s).reshape(2, 4, 2, 3, 2, 3).mean(axis=(2, 4))
+  assert pooled.shape == (2, 4, 3, 3)
+  np.testing.assert_allclose(pooled, expected, **TOL)
+  same = jnp.asarray(t)
+  assert distill.match_spatial(same, t) is same
+  resized = distill.match_spatial(s, np.zeros((2, 5, 4, 1), np.float32))  # not an integer factor
+  assert resized.shape == (2, 5, 4, 3)
+  np.testing.assert_allclose(resized, jax.image.resize(s, (2, 5, 4, 3), 'bilinear'), **TOL)
+  up = distill.match_spatial(t, s)  # upsampling is bilinear too
+  assert up.shape == (2, 8, 6, 5)
+  emb = distill.pool_embedding(s)
+  assert emb.shape == (2, 3) and emb.dtype == jnp.float32
+  np.testing.assert_allclose(emb, f64(s).mean(axis=(1, 2)), **TOL)
+
+
+def test_registry():
+  assert distill.get_logit_loss('kd') is distill.hinton_kd
+  assert distill.get_logit_loss('distribution') is distill.distribution_loss
+  assert distill.get_logit_loss('dist') is distill.dist_loss
+  assert set(distill.FEATURE_LOSSES) == {'fitnet', 'at', 'real_to_binary', 'rkd'}
+  with pytest.raises(ConfigError) as e:
+    distill.get_logit_loss('kl')
+  assert "'kl'" in str(e.value)
+  assert all(name in str(e.value) for name in distill.LOGIT_LOSSES)
+
+
+# ----------------------------------------------------------------------------- device counts
+def _per_device(loss_fn):
+  """shard_map over all devices: per-device loss and the pmean of per-device gradients of
+  a shared (replicated) linear layer, as the trainer combines them."""
+  mesh = Mesh(np.asarray(jax.devices()), ('data',))
+
+  def step(w, x, t):
+    value, grad = jax.value_and_grad(lambda w: loss_fn(x @ w, t, 'data'))(w)
+    return value, jax.lax.pmean(grad, 'data')
+
+  return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P('data'), P('data')),
+                               out_specs=(P(), P()), check_vma=False))
+
+
+def _single_device(loss_fn):
+  return jax.jit(jax.value_and_grad(lambda w, x, t: loss_fn(x @ w, t, None)))
+
+
+RELATIONAL = {
+    'dist': lambda s, t, axis: distill.dist_loss(s, t, temperature=2.0, axis_name=axis),
+    'dist_intra': lambda s, t, axis: distill.dist_loss(s, t, beta=0.0, axis_name=axis),
+    'dist_inter': lambda s, t, axis: distill.dist_loss(s, t, gamma=0.0, axis_name=axis),
+    'rkd': lambda s, t, axis: distill.rkd_loss(s, t, axis_name=axis),
+    'rkd_distance': lambda s, t, axis: distill.rkd_distance(s, t, axis_name=axis),
+    'rkd_angle': lambda s, t, axis: distill.rkd_angle(s, t, axis_name=axis),
+    # per-example: no axis inside; the trainer pmeans the value as a metric
+    'kd': lambda s, t, axis: (distill.hinton_kd(s, t, 4.0) if axis is None else
+                              jax.lax.pmean(distill.hinton_kd(s, t, 4.0), axis)),
+}
+
+
+@pytest.mark.parametrize('name', list(RELATIONAL))
+def test_device_count_invariance(name):
+  assert jax.device_count() == 4
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 1, (16, 6)).astype(np.float32)
+  w = rng.normal(0, 0.5, (6, 10)).astype(np.float32)
+  t = rng.normal(0, 2, (16, 10)).astype(np.float32)
+  loss_fn = RELATIONAL[name]
+  value, grad = _per_device(loss_fn)(w, x, t)
+  full_value, full_grad = _single_device(loss_fn)(w, x, t)
+  np.testing.assert_allclose(value, full_value, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(grad, full_grad, rtol=1e-4, atol=1e-6)
+  assert np.max(np.abs(full_grad)) > 1e-4  # a real gradient was compared
+
+
+def test_relational_losses_differ_per_device_without_axis():
+  """Sanity check of the harness: the relations of a device's share are not the global
+  ones, so the invariance above comes from the collectives."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 1, (16, 6)).astype(np.float32)
+  w = rng.normal(0, 0.5, (6, 10)).astype(np.float32)
+  t = rng.normal(0, 2, (16, 10)).astype(np.float32)
+  for name in ('dist_intra', 'rkd'):
+    local = lambda s, t, axis, f=RELATIONAL[name]: jax.lax.pmean(f(s, t, None), axis)
+    value, _ = _per_device(local)(w, x, t)
+    full_value, _ = _single_device(RELATIONAL[name])(w, x, t)
+    assert abs(float(value) - float(full_value)) > 1e-3 * abs(float(full_value))
