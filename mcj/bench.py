@@ -7,6 +7,14 @@ Runs ``mcj.train.train_and_evaluate`` on ``synthetic`` data in a temporary workd
 reports the images/s of the last third of the steps (compilation excluded). ``--max_batch``
 doubles the batch from ``--batch_size`` until it no longer fits, and reports each size.
 Prints one JSON object per measured batch size.
+
+``--teacher NAME`` measures distillation: the student alone, the distillation step (a
+frozen, randomly initialised ``NAME`` in the same data-parallel step, Hinton KD) and the
+teacher's forward pass alone, and reports the step time the teacher adds next to its
+forward time:
+
+  python -m mcj.bench --model birealnet18 --teacher resnet34 --image_size 224 \
+      --batch_size 256 --compute_dtype bfloat16
 """
 import argparse
 import json
@@ -14,14 +22,20 @@ import os
 import sys
 import tempfile
 
-import jax
+import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mcj import parallel
 from mcj.config import ConfigError
+from mcj.models import get_model
 from mcj.train import train_and_evaluate
 
 
 def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
-            optimizer='sgd', model_options=None) -> dict:
+            optimizer='sgd', model_options=None, teacher=None) -> dict:
   """img/s over the last third of ``steps`` train steps (after compile and warm-up)."""
   log_every = max(steps // 3, 1)
   config = {
@@ -33,6 +47,9 @@ def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
       'compute_dtype': compute_dtype, 'log_every_steps': log_every,
       'checkpoint_every_steps': 0,
   }
+  if teacher:
+    config['distill'] = {'teachers': ({'init_from': 'random', 'model': teacher},),
+                         'logit_loss': 'kd'}
   with tempfile.TemporaryDirectory() as workdir:
     train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
@@ -42,6 +59,46 @@ def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
           'devices': jax.device_count(), 'img_per_sec': round(last['img_per_sec'], 1),
           'img_per_sec_per_device': round(last['img_per_sec_per_device'], 1),
           'steps_timed': log_every}
+
+
+def measure_forward(model, batch_size, image_size, num_classes, compute_dtype, steps) -> dict:
+  """img/s of ``model``'s eval-mode forward pass, data-parallel over every device."""
+  module = get_model(model, num_classes=num_classes, dtype=jnp.dtype(compute_dtype))
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(batch_size)
+  channels = 3
+  images = jax.device_put(np.zeros((batch_size, image_size, image_size, channels), np.float32),
+                          jax.sharding.NamedSharding(mesh, parallel.BATCH))
+  variables = jax.jit(lambda x: module.init(jax.random.key(0), x[:1], train=False),
+                      out_shardings=parallel.replicated(mesh))(images)
+  forward = parallel.data_parallel(lambda v, x: module.apply(v, x, train=False), mesh,
+                                   in_specs=(parallel.REPLICATED, parallel.BATCH),
+                                   out_specs=parallel.BATCH)
+  forward(variables, images).block_until_ready()  # compile
+  timed = max(steps // 3, 1)
+  start = time.perf_counter()
+  for _ in range(timed):
+    out = forward(variables, images)
+  out.block_until_ready()
+  return {'img_per_sec': round(batch_size * timed / (time.perf_counter() - start), 1)}
+
+
+def measure_distillation(model, teacher, batch_size, image_size, num_classes, compute_dtype,
+                         steps, optimizer='sgd') -> dict:
+  """Student alone, distillation step and teacher forward: what the teacher costs."""
+  args = (batch_size, image_size, num_classes, compute_dtype, steps)
+  alone = measure(model, *args, optimizer=optimizer)['img_per_sec']
+  both = measure(model, *args, optimizer=optimizer, teacher=teacher)['img_per_sec']
+  forward = measure_forward(teacher, *args)['img_per_sec']
+  ms = lambda img_per_sec: 1000 * batch_size / img_per_sec
+  return {'model': model, 'teacher': teacher, 'image_size': image_size,
+          'batch_size': batch_size, 'compute_dtype': compute_dtype,
+          'device': jax.devices()[0].device_kind, 'devices': jax.device_count(),
+          'student_img_per_sec': alone, 'distill_img_per_sec': both,
+          'teacher_forward_img_per_sec': forward,
+          'student_ms_per_step': round(ms(alone), 2), 'distill_ms_per_step': round(ms(both), 2),
+          'overhead_ms_per_step': round(ms(both) - ms(alone), 2),
+          'teacher_forward_ms_per_step': round(ms(forward), 2)}
 
 
 def _out_of_memory(e: Exception) -> bool:
@@ -59,9 +116,16 @@ def main(argv=None) -> int:
   parser.add_argument('--optimizer', default='sgd')
   parser.add_argument('--max_batch', action='store_true',
                       help='double the batch until it does not fit; report each size')
+  parser.add_argument('--teacher', default='',
+                      help='a model name: compare the student alone with distillation from it')
   args = parser.parse_args(argv)
   batch = args.batch_size
   try:
+    if args.teacher:
+      print(json.dumps(measure_distillation(
+          args.model, args.teacher, batch, args.image_size, args.num_classes,
+          args.compute_dtype, args.steps, args.optimizer)), flush=True)
+      return 0
     while True:
       try:
         result = measure(args.model, batch, args.image_size, args.num_classes,

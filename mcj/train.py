@@ -185,7 +185,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seed=config.seed, place=jax.jit(lambda v: v, out_shardings=parallel.replicated(mesh)),
   ) if config.distill.teachers else None
   teacher_variables = distiller.variables if distiller else []
-  adapter_tx = optim.make_optimizer(config, schedule)
+  adapter_tx = optim.make_optimizer(  # no binary layers among the adapters
+      ml_collections.ConfigDict({'optimizer': config.optimizer.to_dict()}), schedule)
 
   def init_state(rng):
     dummy = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)

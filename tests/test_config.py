@@ -83,7 +83,12 @@ def test_every_shipped_config_loads_and_merges():
   root = os.path.dirname(os.path.dirname(__file__))
   paths = sorted(glob.glob(os.path.join(root, 'configs', '**', '*.py'), recursive=True))
   assert paths
+  from mcj import pipeline
   for path in paths:
     for arg in ('', ':runlocal'):
       config = merge_config(config_lib.load_config(path + arg))
-      assert config.model.name, path
+      if config.stages:  # a pipeline: every stage must merge on its own
+        for _, _, stage in pipeline.stage_configs(config, '/tmp/w'):
+          assert merge_config(stage).model.name, path
+      else:
+        assert config.model.name, path

@@ -78,3 +78,12 @@ def test_sweep_grid_seeds_table_and_resume(tmp_path, capsys):
   assert len(table) == 3 and table[0].startswith('| run | model | accuracy')
   assert table[2].startswith('| steps=2,shallow=true | resnet20 | ') and '| 1.00x |' in table[2]
   assert sweep.main(['--config', tiny, '--grid', 'steps', '--workdir', str(tmp_path)]) == 2
+
+
+def test_bench_distillation_reports_teacher_overhead():
+  result = bench.measure_distillation('resnet20', 'resnet20', batch_size=16, image_size=8,
+                                      num_classes=10, compute_dtype='float32', steps=6)
+  assert result['student_img_per_sec'] > 0 and result['distill_img_per_sec'] > 0
+  assert result['teacher_forward_img_per_sec'] > 0
+  assert result['overhead_ms_per_step'] == pytest.approx(
+      result['distill_ms_per_step'] - result['student_ms_per_step'], abs=0.02)

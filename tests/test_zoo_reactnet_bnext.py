@@ -18,6 +18,7 @@ import pytest
 from mcj import config as config_lib
 from mcj import layers, quantizers
 from mcj.models import MODELS, bnext, get_model, reactnet
+from mcj.config import ConfigError
 from mcj.train import merge_config
 
 IMAGENET = (224, 224, 3)
@@ -244,19 +245,39 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 
 # ----------------------------------------------------------------------------- configs
-@pytest.mark.parametrize('arg', ['', 'step=2', 'model=reactnet_resnet18',
-                                 'model=reactnet_resnet18,step=2', 'runlocal', 'step=2,runlocal'])
+@pytest.mark.parametrize('arg', ['', 'model=reactnet_resnet18', 'runlocal', 'teacher=/t/r34',
+                                 'step=2,teacher=/t/r34', 'step=1,runlocal'])
 def test_reactnet_config(arg):
+  """The pipeline (teacher, step 1, step 2) or one step; distribution loss, no labels."""
+  from mcj import pipeline  # pylint: disable=g-import-not-at-top
   config = merge_config(config_lib.load_config(f'configs/imagenet/reactnet.py:{arg}'))
-  step2 = 'step=2' in arg
-  assert config.model.kernel_quantizer == ('ste_sign' if step2 else None)
-  assert config.optimizer.name == 'adam' and config.schedule.name == 'linear'
-  assert config.optimizer.weight_decay == (0.0 if step2 else 1e-5)
-  if 'runlocal' in arg:
-    assert config.data.name == 'synthetic' and config.total_steps == 2
+  if 'step=' in arg:
+    steps = [(f'step{arg[5]}', '', config)]
   else:
-    assert config.data.name == 'imagenet2012' and config.total_epochs == 128
-  assert config.model.name in MODELS or config.model.name == 'reactnet_resnet18'
+    steps = pipeline.stage_configs(config, '/w')
+    names = [name for name, _, _ in steps]
+    assert names == (['step1', 'step2'] if 'teacher=' in arg else ['teacher', 'step1', 'step2'])
+    if 'teacher=' not in arg:
+      teacher = merge_config(steps[0][2])
+      assert teacher.model.name == ('resnet20' if 'runlocal' in arg else 'resnet34')
+      steps = steps[1:]
+  for name, _, stage in steps:
+    stage = merge_config(stage)
+    step2 = name == 'step2'
+    assert stage.model.kernel_quantizer == ('ste_sign' if step2 else None)
+    assert stage.optimizer.name == 'adam' and stage.schedule.name == 'linear'
+    assert stage.optimizer.weight_decay == (0.0 if step2 else 1e-5)
+    assert stage.init_from == ('/w/step1' if step2 and 'step=' not in arg else '')
+    assert stage.distill.logit_loss == 'distribution' and stage.distill.label_weight == 0.0
+    want = '/t/r34' if 'teacher=' in arg else ('random' if 'step=' in arg else '/w/teacher')
+    assert stage.distill.teachers[0]['init_from'] == want
+    if 'runlocal' in arg:
+      assert stage.data.name == 'synthetic' and stage.total_steps == 2
+    else:
+      assert stage.data.name == 'imagenet2012' and stage.total_epochs == 128
+    assert stage.model.name in MODELS or stage.model.name == 'reactnet_resnet18'
+  with pytest.raises(ConfigError, match='needs teacher=DIR'):
+    config_lib.load_config('configs/imagenet/reactnet.py:step=2')
 
 
 @pytest.mark.parametrize('arg', ['', 'model=bnext_large', 'runlocal'])
