@@ -60,7 +60,8 @@ class _QuantKernel(nn.Module):
     if self.kernel_scale not in KERNEL_SCALES:
       raise ValueError(f'kernel_scale must be one of {KERNEL_SCALES}, got {self.kernel_scale!r}.')
     q = self.kernel_q()
-    out = kernel if q is None else q(kernel)
+    # A pruned latent weight (exactly 0) computes as 0, not as sign(0) = +1.
+    out = kernel if q is None else jnp.where(kernel == 0, 0.0, q(kernel))
     if self.kernel_scale == 'xnor':
       axes = tuple(range(kernel.ndim - 1))
       out = out * jax.lax.stop_gradient(jnp.mean(jnp.abs(kernel), axis=axes))

@@ -3,6 +3,7 @@
 
   python -m mcj.summary --model birealnet18 [--num_classes N] [--image_size S] [--json]
   python -m mcj.summary --config configs/...py[:arg] [--json]
+  python -m mcj.summary --workdir DIR [--json]    # a trained run: its sparsity too
 
 Shapes come from ``jax.eval_shape`` (nothing is materialised) and every module call is seen
 through ``nn.intercept_methods``. A layer is a module that owns variables directly (Conv,
@@ -19,6 +20,12 @@ Dense, QuantConv, BatchNorm, ...). Conventions (as larq; see REFERENCE counting 
 - BOPs: MACs whose both operands are quantized, weighted by bits_in x bits_kernel (for 1-bit
   x 1-bit layers exactly their MACs); FLOPs: MACs with a 32-bit operand; OPs = BOPs / 64 +
   FLOPs (Bi-Real Net, Real-to-Binary, ReActNet).
+- with trained params (``params=``, ``--workdir``): a layer's ``sparsity`` is the fraction
+  of zeros in its kernel; ``nonzero_params`` counts non-zero params; ``nonzero_macs`` =
+  MACs x kernel density (each kernel weight takes part in the same number of MACs);
+  ``nonzero_model_size_bytes`` stores only non-zero params (indices not counted, as the
+  pruning literature's effective size). Totals: ``sparsity`` over all conv and dense
+  kernels.
 """
 import argparse
 import json
@@ -28,6 +35,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from mcj import layers as layers_lib
 from mcj import quantizers
@@ -43,12 +51,16 @@ def _precisions(module) -> tuple[int, int]:
   return FULL, FULL
 
 
-def summarize(model: nn.Module, input_shape, **call_kwargs) -> dict[str, Any]:
+def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict[str, Any]:
   """Counts params, bits, memory and MACs of ``model`` on one example of ``input_shape``.
 
   Args:
     model: a Flax module called as ``model(x, train=False, **call_kwargs)``.
     input_shape: per-example input shape, e.g. (224, 224, 3).
+    params: trained values of the ``params`` collection (optional): adds the sparsity
+      keys (``sparsity``, ``nonzero_params``, ``nonzero_macs``,
+      ``nonzero_model_size_bytes``; per layer ``sparsity``, ``nonzero_params``,
+      ``nonzero_macs``).
 
   Returns:
     Totals ``params``, ``binary_params``, ``params_by_bits`` ({bits: count}),
@@ -59,6 +71,7 @@ def summarize(model: nn.Module, input_shape, **call_kwargs) -> dict[str, Any]:
     ``memory_bytes``, ``macs`` and ``mac_precision``.
   """
   variables, calls = layers_lib.trace_layers(model, input_shape, **call_kwargs)
+  values = params
   params = variables.get('params', {})
   stats = variables.get('batch_stats', {})
   layers, seen = [], set()
@@ -93,7 +106,30 @@ def summarize(model: nn.Module, input_shape, **call_kwargs) -> dict[str, Any]:
         # kept for BOPs: bits of both operands
         '_operand_bits': (in_bits, kernel_bits),
     })
-  return _totals(params, stats, layers)
+    if values is not None:
+      own_values = layers_lib.own_params(values, module.path)
+      nonzero = {key: int(np.count_nonzero(np.asarray(v))) for key, v in own_values.items()}
+      density = nonzero['kernel'] / kernel.size if kernel is not None and kernel.size else 1.0
+      layers[-1].update(
+          sparsity=1.0 - density if kernel is not None else 0.0,
+          nonzero_params=sum(nonzero.values()) if first else 0,
+          nonzero_macs=round(macs * density),
+          _nonzero_bits=(sum(n * (kernel_bits if k == 'kernel' else FULL)
+                             for k, n in nonzero.items()) + FULL * stat_count) if first else 0,
+          _kernel_counts=((nonzero['kernel'], kernel.size)
+                          if first and kernel is not None and kernel.ndim >= 2 else (0, 0)))
+  totals = _totals(params, stats, layers)
+  if values is not None:
+    counts = [layer.pop('_kernel_counts') for layer in layers if '_kernel_counts' in layer]
+    kernel_nonzero, kernel_total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    nonzero_bits = sum(layer.pop('_nonzero_bits') for layer in layers)
+    totals.update(
+        sparsity=1.0 - kernel_nonzero / kernel_total if kernel_total else 0.0,
+        nonzero_params=int(sum(np.count_nonzero(np.asarray(v))
+                               for v in jax.tree.leaves(values))),
+        nonzero_macs=sum(layer['nonzero_macs'] for layer in layers),
+        nonzero_model_size_bytes=nonzero_bits / 8)
+  return totals
 
 
 def _totals(params, stats, layers) -> dict[str, Any]:
@@ -141,9 +177,10 @@ def format_table(summary: dict[str, Any]) -> str:
   """larq-style table: one row per layer, then the totals block."""
   param_bits = sorted(summary['params_by_bits'])
   mac_bits = sorted(summary['macs_by_precision'])
+  sparse = 'sparsity' in summary
   headers = (['Layer', 'Type', 'In bits', 'Output shape']
              + [f'{b}-bit params' for b in param_bits] + ['Memory (KiB)']
-             + [f'{b}-bit MACs' for b in mac_bits])
+             + [f'{b}-bit MACs' for b in mac_bits] + (['Sparsity'] if sparse else []))
   rows = []
   for layer in summary['layers']:
     in_bits = layer['input_precision'] if layer['macs'] else '-'  # for layers that multiply
@@ -151,11 +188,13 @@ def format_table(summary: dict[str, Any]) -> str:
                  'x'.join(map(str, layer['output_shape']))]
                 + [_count(layer['params_by_bits'].get(b, 0)) for b in param_bits]
                 + [f"{layer['memory_bytes'] / 1024:.2f}"]
-                + [_count(layer['macs'] if layer['mac_precision'] == b else 0) for b in mac_bits])
+                + [_count(layer['macs'] if layer['mac_precision'] == b else 0) for b in mac_bits]
+                + ([f"{layer['sparsity']:.1%}"] if sparse else []))
   rows.append(['Total', '', '', '']
               + [_count(summary['params_by_bits'][b]) for b in param_bits]
               + [f"{summary['model_size_bytes'] / 1024:.2f}"]
-              + [_count(summary['macs_by_precision'][b]) for b in mac_bits])
+              + [_count(summary['macs_by_precision'][b]) for b in mac_bits]
+              + ([f"{summary['sparsity']:.1%}"] if sparse else []))
   widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
   def line(cells):
@@ -180,7 +219,36 @@ def format_totals(summary: dict[str, Any]) -> str:
       f"Binarized MACs:              {summary['binarized_macs_ratio']:.2%}",
       f"BOPs / FLOPs / OPs:          {summary['bops']:.3e} / {summary['flops']:.3e} / "
       f"{summary['ops']:.3e}",
-  ])
+  ] + ([
+      f"Kernel sparsity:             {summary['sparsity']:.2%}",
+      f"Non-zero params:             {summary['nonzero_params']:,}",
+      f"Non-zero MACs:               {summary['nonzero_macs']:,}",
+      f"Non-zero model size:         {summary['nonzero_model_size_bytes'] / mib:.2f} MiB",
+  ] if 'sparsity' in summary else []))
+
+
+def _trained_run(workdir: str):
+  """(model name, model options, num_classes, input shape, params) of a run's workdir; for
+  a pipeline, of its last stage."""
+  import os  # pylint: disable=g-import-not-at-top
+  from mcj import checkpoint  # pylint: disable=g-import-not-at-top
+  from mcj import data  # pylint: disable=g-import-not-at-top
+  from mcj import pipeline  # pylint: disable=g-import-not-at-top
+  from mcj import train  # pylint: disable=g-import-not-at-top
+  from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ConfigError(f'{workdir} has no config.json: give the workdir of an mcj run.')
+  with open(path) as f:
+    config = train.merge_config(json.load(f))
+  if config.stages:
+    _, workdir, last = pipeline.stage_configs(config, workdir)[-1]
+    config = train.merge_config(last)
+  kwargs = dict(config.model)
+  name = kwargs.pop('name')
+  num_classes, shape = data.model_input(config.data)
+  params = checkpoint.load_variables(workdir)['params']
+  return name, kwargs, num_classes, tuple(shape), params
 
 
 def main(argv=None) -> int:
@@ -189,6 +257,8 @@ def main(argv=None) -> int:
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument('--model', help='registered model name')
   source.add_argument('--config', help='config file, optionally FILE:ARG')
+  source.add_argument('--workdir', help='a trained run (or pipeline): its model and its '
+                      'newest checkpoint, with per-layer sparsity')
   parser.add_argument('--num_classes', type=int, default=None,
                       help='default 1000, or the dataset of --config')
   parser.add_argument('--image_size', type=int, default=None,
@@ -200,7 +270,14 @@ def main(argv=None) -> int:
 
   from mcj.models import get_model  # pylint: disable=g-import-not-at-top
   name, kwargs, shape, num_classes = args.model, {}, (224, 224, 3), 1000
-  if args.config:
+  values = None
+  if args.workdir:
+    try:
+      name, kwargs, num_classes, shape, values = _trained_run(args.workdir)
+    except ValueError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+  elif args.config:
     from mcj import config as config_lib  # pylint: disable=g-import-not-at-top
     from mcj import data  # pylint: disable=g-import-not-at-top
     try:
@@ -224,7 +301,7 @@ def main(argv=None) -> int:
     print(f'error: {e}', file=sys.stderr)
     return 2
 
-  summary = summarize(model, shape)
+  summary = summarize(model, shape, params=values)
   if args.json:
     print(json.dumps({'model': name, 'input_shape': list(shape),
                       'num_classes': num_classes, **summary}))

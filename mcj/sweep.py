@@ -5,10 +5,12 @@
 
 Each run is ``python -m mcj.train`` on ``<config>:<arg>`` with ``--config.seed=S`` in
 ``<workdir>/<arg>/seed<S>``; an argument given with the config (``--config c.py:a=1``)
-applies to every run (finished runs are not repeated: rerunning resumes). The
+applies to every run (finished runs are not repeated: rerunning resumes); a repeated
+``--grid`` adds the runs of another product. The
 table gives, per grid point, eval accuracy as mean +- sample std over seeds, and the
 model's params, binary params, model size and compression ratio (from ``results.json``);
-``--json`` prints the rows instead.
+``--json`` prints the rows instead. ``--plot FILE.png`` draws accuracy against measured
+kernel sparsity, one line per value of the first grid key (needs matplotlib).
 """
 import argparse
 import itertools
@@ -58,35 +60,78 @@ def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra
         'accuracy_mean': statistics.fmean(accuracies),
         'accuracy_std': statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         **{k: first.get(k) for k in ('model', 'params', 'binary_params', 'model_size_bytes',
-                                     'compression_ratio', 'bops', 'flops')}})
+                                     'compression_ratio', 'bops', 'flops', 'macs')},
+        # Pruned runs: the mean over seeds (masks differ by seed).
+        **{k: statistics.fmean(r[k] for r in results) for k in
+           ('sparsity', 'nonzero_params', 'nonzero_macs') if all(k in r for r in results)}})
   return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-  """A Markdown table."""
+  """A Markdown table; runs that report sparsity add kernel sparsity and non-zero params
+  and MACs."""
+  sparse = all('sparsity' in r for r in rows) and any(r['sparsity'] > 0 for r in rows)
   lines = ['| run | model | accuracy (mean +- std) | seeds | params | binary params | '
-           'model size | compression |', '|---|---|---|---|---|---|---|---|']
+           'model size | compression |' + (' sparsity | non-zero params | non-zero MACs |'
+                                          if sparse else ''),
+           '|---|---|---|---|---|---|---|---|' + ('---|---|---|' if sparse else '')]
   for r in rows:
     size = r['model_size_bytes']
-    lines.append(
-        f"| {r['arg'] or 'default'} | {r['model']} | {r['accuracy_mean']:.4f} +- "
-        f"{r['accuracy_std']:.4f} | {len(r['seeds'])} | {r['params']:,} | "
-        f"{r['binary_params'] or 0:,} | {size / 1024:.1f} KiB | {r['compression_ratio']:.2f}x |")
+    line = (f"| {r['arg'] or 'default'} | {r['model']} | {r['accuracy_mean']:.4f} +- "
+            f"{r['accuracy_std']:.4f} | {len(r['seeds'])} | {r['params']:,} | "
+            f"{r['binary_params'] or 0:,} | {size / 1024:.1f} KiB | {r['compression_ratio']:.2f}x |")
+    if sparse:
+      line += (f" {r['sparsity']:.1%} | {round(r['nonzero_params']):,} | "
+               f"{round(r['nonzero_macs']):,} |")
+    lines.append(line)
   return '\n'.join(lines)
+
+
+def plot_rows(rows: list[dict], path: str) -> None:
+  """Accuracy (mean +- std) vs kernel sparsity, one line per value of the first grid key
+  (e.g. ``method=``); a row whose first key appears once is drawn as a single marker."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ConfigError('--plot needs matplotlib: pip install matplotlib.') from None
+  series = {}
+  for r in rows:
+    label = (r['arg'] or 'default').split(',')[0]
+    series.setdefault(label, []).append(r)
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  for label, points in series.items():
+    points = sorted(points, key=lambda r: r.get('sparsity', 0.0))
+    ax.errorbar([100 * r.get('sparsity', 0.0) for r in points],
+                [r['accuracy_mean'] for r in points], [r['accuracy_std'] for r in points],
+                marker='o', capsize=3, label=label.partition('=')[2] or label)
+  ax.set_xlabel('kernel sparsity (%)')
+  ax.set_ylabel('test accuracy')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m mcj.sweep', description=__doc__.split('\n')[0])
   parser.add_argument('--config', required=True,
                       help='config file, optionally with :arg shared by every run')
-  parser.add_argument('--grid', nargs='*', default=[], help='key=v1,v2 config arguments')
+  parser.add_argument('--grid', nargs='*', action='append', default=[],
+                      help='key=v1,v2 config arguments (their product); repeat --grid to '
+                      'add another product')
   parser.add_argument('--seeds', default='0', help='comma-separated seeds')
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--json', action='store_true', help='print the rows as JSON')
+  parser.add_argument('--plot', default='', help='also draw accuracy vs sparsity to FILE.png')
   args, extra = parser.parse_known_args(argv)
   try:
     seeds = [int(s) for s in args.seeds.split(',')]
-    rows = run(args.config, grid_args(args.grid), seeds, args.workdir, extra)
+    points = [arg for grid in (args.grid or [[]]) for arg in grid_args(grid)]
+    rows = run(args.config, points, seeds, args.workdir, extra)
+    if args.plot:
+      plot_rows(rows, args.plot)
   except (ConfigError, ValueError) as e:
     print(f'mcj.sweep: error: {e}', file=sys.stderr)
     return 2

@@ -28,6 +28,7 @@ from mcj import metrics as metrics_lib
 from mcj import optim
 from mcj import parallel
 from mcj import pipeline
+from mcj import prune as prune_lib
 from mcj import quantizers
 from mcj import summary as summary_lib
 from mcj import teachers as teachers_lib
@@ -77,10 +78,22 @@ def default_config() -> ml_collections.ConfigDict:
                   'feature_stages': 4,       # the deepest resolutions both models share
                   'feature_blocks': False,   # every block output there, not just the last
                   'rkd_distance_weight': 25.0, 'rkd_angle_weight': 50.0},
-      'mixup_alpha': 0.0,
+      'mixup_alpha': 0.0,            # > 0: mixup (Zhang et al. 2018) inside the step
+      # Pruning (mcj/prune.py): an optax wrapper whose state holds the masks. algorithm ''
+      # trains dense; sparsity is the target fraction of zeros in the pruned kernels;
+      # start/end_fraction are fractions of training; include/exclude are regular
+      # expressions on kernel paths such as 'stage1/block0/conv1/kernel'.
+      'prune': {'algorithm': '',     # magnitude | global_magnitude | random | saliency |
+                                     # n_m | channel | slimming
+                'sparsity': 0.0, 'distribution': 'uniform',  # uniform | erk
+                'schedule': 'gradual',                      # one_shot | gradual | iterative
+                'start_fraction': 0.0, 'end_fraction': 0.75, 'update_every_steps': 100,
+                'power': 3.0, 'n': 2, 'm': 4, 'rounds': 3, 'rewind_fraction': 0.0,
+                'slimming_l1': 1e-4, 'include': (), 'exclude': (),
+                'exclude_first_last': True},
       # A pipeline (mcj/pipeline.py): dicts with a name and the keys that stage overrides;
       # each stage trains in <workdir>/<name>; init_from may name an earlier stage.
-      'stages': (),            # > 0: mixup (Zhang et al. 2018) inside the step
+      'stages': (),
       'label_smoothing': 0.0,
       'compute_dtype': 'float32',    # or 'bfloat16'; params stay float32
       'log_every_steps': 50,
@@ -90,10 +103,11 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-OPEN_BLOCKS = ('model',)
+OPEN_BLOCKS = ('model',)  # blocks whose keys are passed on as keyword options
 # Summary totals written to results.json (see mcj/summary.py for the conventions).
 SIZE_KEYS = ('binary_params', 'model_size_bytes', 'float32_size_bytes', 'compression_ratio',
-             'macs', 'bops', 'flops', 'ops')  # blocks whose keys are passed on as keyword options
+             'macs', 'bops', 'flops', 'ops', 'sparsity', 'nonzero_params', 'nonzero_macs',
+             'nonzero_model_size_bytes')
 
 
 def merge_config(user) -> ml_collections.ConfigDict:
@@ -176,8 +190,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   binary = config.binary
   binary_mask = (layers.binary_kernel_mask(model, info.image_shape)
                  if binary.optimizer or binary.latent_clip else None)
-  schedule = optim.make_schedule(config, total_steps, steps_per_epoch)
-  tx = optim.make_optimizer(config, schedule, binary_mask)
+  # Pruning wraps the optimizer: its masks live in the optimizer state.
+  pruner = (prune_lib.Pruner(config.prune, model, info.image_shape, total_steps, config.seed)
+            if config.prune.algorithm else None)
+  if pruner:
+    schedule = pruner.schedule_lr(
+        optim.make_schedule(config, pruner.schedule_steps(), steps_per_epoch))
+    tx = pruner.wrap(optim.make_optimizer(config, schedule, binary_mask))
+  else:
+    schedule = optim.make_schedule(config, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config, schedule, binary_mask)
   # Frozen teachers, replicated on every device; FitNet adapters train with the student.
   distiller = teachers_lib.Distiller(
       config.distill, get_model=get_model, image_shape=info.image_shape,
@@ -205,6 +227,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   say(f'mcj: model {config.model.name}, {num_params:,} params; data {config.data.name}, '
       f'{info.num_train_examples:,} train / {info.num_eval_examples:,} eval examples, '
       f'{total_steps:,} steps.')
+  if pruner:
+    say(f'mcj: {pruner.describe()}.')
 
   # ---------------------------------------------------------------- Data-parallel steps
   # Each function below is written for ONE device and its share of the batch; pmean/psum
@@ -265,6 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics = {'train/loss': loss, 'train/accuracy': accuracy}
     if distiller or config.mixup_alpha:
       metrics.update(terms)
+    if pruner:
+      metrics['prune/sparsity'] = pruner.sparsity_of(opt_state.masks)
     return new_state, jax.lax.pmean(metrics, AXIS)
 
   def eval_step(state, batch):
@@ -383,11 +409,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     save(step)
   checkpointer.close()
   final = evaluate(state)
-  size = summary_lib.summarize(model, info.image_shape)
+  size = summary_lib.summarize(model, info.image_shape, params=parallel.fetch(state['params']))
   results = {'step': step, **final, 'params': int(num_params),
              **{k: size[k] for k in SIZE_KEYS},
              'train_seconds': round(train_seconds, 2), 'model': config.model.name,
              'data': config.data.name}
+  if pruner and pruner.algorithm in prune_lib.CHANNEL_ALGORITHMS:
+    # Channel pruning really shrinks the network: the dense smaller model it leaves.
+    rebuilt = prune_lib.rebuild(model, parallel.fetch(
+        {'params': state['params'], 'batch_stats': state['batch_stats']}))
+    if rebuilt:
+      small = summary_lib.summarize(rebuilt[0], info.image_shape)
+      results.update(rebuilt_params=small['params'], rebuilt_macs=small['macs'],
+                     rebuilt_model={**config.model.to_dict(),
+                                    'inner_widths': list(rebuilt[0].inner_widths)})
+      say(f'mcj: rebuilt without the pruned channels: {small["params"]:,} params, '
+          f'{small["macs"]:,} MACs (dense: {num_params:,}, {size["macs"]:,}).')
   say(f'mcj: final eval at step {step} | ' + _fmt(final))
   say(f'mcj: compression summary of {config.model.name} '
       f'({"x".join(map(str, info.image_shape))} input):\n' + summary_lib.format_totals(size))

@@ -80,6 +80,20 @@ def test_ensemble_is_weighted_mean_and_consecutive_teachers_switch():
     np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=f'progress {progress}')
 
 
+def test_teacher_in_bfloat16_gives_nearly_the_float32_loss():
+  images = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+  student_logits = jax.random.normal(jax.random.key(1), (16, 10))
+  spec = {'init_from': 'random', 'model': SHALLOW}
+  losses = []
+  for dtype in ('float32', 'bfloat16'):
+    d = _distiller([{**spec, 'compute_dtype': dtype}])
+    assert d.models[0].dtype == jnp.dtype(dtype)
+    losses.append(jax.jit(lambda d=d: d.loss(student_logits, {}, d.variables, {}, images, 0.0,
+                                             None)[0])())
+  assert float(losses[0]) > 0
+  np.testing.assert_allclose(losses[1], losses[0], rtol=5e-2)
+
+
 def test_teacher_spec_errors(teacher_dir):
   with pytest.raises(ConfigError, match='init_from is not set'):
     teachers_lib.teacher_spec({'model': 'resnet20'}, 0)

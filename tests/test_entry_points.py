@@ -78,6 +78,14 @@ def test_sweep_grid_seeds_table_and_resume(tmp_path, capsys):
   assert len(table) == 3 and table[0].startswith('| run | model | accuracy')
   assert table[2].startswith('| steps=2,shallow=true | resnet20 | ') and '| 1.00x |' in table[2]
   assert sweep.main(['--config', tiny, '--grid', 'steps', '--workdir', str(tmp_path)]) == 2
+  # A repeated --grid adds another product; sparse runs add the sparsity columns.
+  rows = sweep.run(tiny, ['steps=2,shallow=true', 'steps=3,shallow=true'], [0], str(tmp_path),
+                   ['--config.prune.algorithm=magnitude', '--config.prune.sparsity=0.5',
+                    '--config.prune.schedule=one_shot'])
+  assert [r['sparsity'] > 0.3 for r in rows] == [False, True]  # the first run was dense
+  table = sweep.format_rows(rows).splitlines()
+  assert table[0].endswith('| sparsity | non-zero params | non-zero MACs |')
+  assert table[3].split('|')[9].strip() == f"{rows[1]['sparsity']:.1%}"
 
 
 def test_bench_distillation_reports_teacher_overhead():

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mcj import layers
 
@@ -44,10 +45,11 @@ class BasicBlock(_Layers):
   features: int = 64
   stride: int = 1
   shortcut: str = 'conv'
+  inner: Any = None  # conv1's output channels (None: features); set by channel pruning
 
   @nn.compact
   def __call__(self, x, train=False):
-    y = self.conv(self.features, 3, self.stride, name='conv1')(x)
+    y = self.conv(self.inner or self.features, 3, self.stride, name='conv1')(x)
     y = nn.relu(self.bn(train, name='bn1')(y))
     y = self.conv(self.features, 3, name='conv2')(y)
     y = self.bn(train, name='bn2')(y)
@@ -67,13 +69,15 @@ class Bottleneck(_Layers):
   features: int = 64
   stride: int = 1
   expansion: int = 4
+  inner: Any = None  # (conv1, conv2) output channels (None: features); channel pruning
 
   @nn.compact
   def __call__(self, x, train=False):
     out = self.features * self.expansion
-    y = self.conv(self.features, 1, name='conv1')(x)
+    inner = self.inner or (self.features, self.features)
+    y = self.conv(inner[0], 1, name='conv1')(x)
     y = nn.relu(self.bn(train, name='bn1')(y))
-    y = self.conv(self.features, 3, self.stride, name='conv2')(y)
+    y = self.conv(inner[1], 3, self.stride, name='conv2')(y)
     y = nn.relu(self.bn(train, name='bn2')(y))
     y = self.conv(out, 1, name='conv3')(y)
     y = self.bn(train, name='bn3')(y)
@@ -87,13 +91,16 @@ class ResNet(_Layers):
   """ResNet; ``stem`` 'imagenet' = 7x7/2 conv + 3x3/2 max-pool, 'cifar' = 3x3/1.
 
   Stage ``i`` has ``stage_sizes[i]`` blocks of width ``widths[i]``; every stage
-  after the first starts with stride 2.
+  after the first starts with stride 2. ``inner_widths`` (one entry per block: an int for
+  basic blocks, a pair for bottlenecks) narrows the convs inside the blocks: what
+  ``shrink`` gives after channel pruning.
   """
   num_classes: int = 1000
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   widths: Sequence[int] = (64, 128, 256, 512)
   block: Callable[..., nn.Module] = BasicBlock
   stem: str = 'imagenet'
+  inner_widths: Sequence[Any] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -104,16 +111,63 @@ class ResNet(_Layers):
     else:
       x = self.conv(self.widths[0], 3, name='conv1')(x)
       x = nn.relu(self.bn(train, name='bn1')(x))
+    index = 0
     for i, (n, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(n):
         stride = 2 if i > 0 and j == 0 else 1
+        inner = self.inner_widths[index] if self.inner_widths else None
         x = self.block(features=width, stride=stride, dtype=self.dtype,
-                       bn_axis_name=self.bn_axis_name,
+                       bn_axis_name=self.bn_axis_name, inner=inner,
                        name=f'layer{i + 1}_{j}')(x, train)
+        index += 1
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
                  name='fc')(x)
     return x.astype(jnp.float32)
+
+
+  # ---------------------------------------------------------------- channel pruning
+  def _bottleneck(self) -> bool:
+    return getattr(self.block, 'func', self.block) is Bottleneck
+
+  def channel_prunable(self) -> str:
+    """The kernels whose output channels feed only the next conv of their block (a
+    regular expression on param paths): what channel pruning removes in a ResNet, as Li et
+    al. 2017, since the block outputs are tied together by the residual sums."""
+    return r'^layer\d+_\d+/conv[12]/kernel$' if self._bottleneck() else (
+        r'^layer\d+_\d+/conv1/kernel$')
+
+  def shrink(self, variables):
+    """The dense smaller ResNet and its variables, without the block-internal channels
+    that channel pruning zeroed (BatchNorm scale and bias both 0: the channel outputs 0).
+    Its outputs equal the pruned model's."""
+    params = jax_to_numpy(variables['params'])
+    stats = jax_to_numpy(variables.get('batch_stats', {}))
+    pairs = (('conv1', 'bn1', 'conv2'), ('conv2', 'bn2', 'conv3')) if self._bottleneck() else (
+        ('conv1', 'bn1', 'conv2'),)
+    inner = []
+    for name in sorted((k for k in params if k.startswith('layer')),
+                       key=lambda k: tuple(int(v) for v in k[5:].split('_'))):
+      block, block_stats, widths = params[name], stats.get(name, {}), []
+      for conv, bn, consumer in pairs:
+        live = (block[bn]['scale'] != 0) | (block[bn]['bias'] != 0)
+        if not live.any():
+          live[0] = True  # a block keeps one (zero) channel
+        block[conv]['kernel'] = block[conv]['kernel'][..., live]
+        block[bn] = {k: v[live] for k, v in block[bn].items()}
+        if bn in block_stats:
+          block_stats[bn] = {k: v[live] for k, v in block_stats[bn].items()}
+        block[consumer]['kernel'] = block[consumer]['kernel'][..., live, :]
+        widths.append(int(live.sum()))
+      inner.append(tuple(widths) if self._bottleneck() else widths[0])
+    return self.clone(inner_widths=tuple(inner)), {'params': params, 'batch_stats': stats}
+
+
+def jax_to_numpy(tree):
+  """A nested dict of numpy copies (editable in place)."""
+  if isinstance(tree, dict) or hasattr(tree, 'items'):
+    return {k: jax_to_numpy(v) for k, v in tree.items()}
+  return np.array(tree)
 
 
 def _cifar(depth):
