@@ -18,8 +18,9 @@ Algorithms (``prune.algorithm``):
   |w| (2:4 for sparse tensor cores; Mishra et al. 2021, Zhou et al. 2021).
 - channel: per layer, whole output filters with the smallest L1 norm (Li et al. 2017), with
   the filter's bias and the BatchNorm scale and bias after it. Models with a
-  ``channel_prunable()`` pattern (ResNets: the convs inside blocks) limit it to those, and
-  their ``shrink(variables)`` rebuilds the dense smaller network (``rebuild``).
+  ``channel_prunable()`` pattern (ResNets: the convs inside blocks; MobileNetV2: the expand
+  convs, with their depthwise channel via ``channel_chain``) limit it to those, and their
+  ``shrink(variables)`` rebuilds the dense smaller network (``rebuild``).
 - slimming: network slimming (Liu et al. 2017): L1 sparsity on BatchNorm scales during
   training (``slimming_l1`` * sign(gamma) added to their gradient), then the channels with
   the smallest |gamma| over the whole network.
@@ -226,6 +227,9 @@ class Pruner:
       targets = [t for t in targets if not t.depthwise]
       if hasattr(model, 'channel_prunable'):  # e.g. ResNets: the block-internal convs only
         targets = [t for t in targets if re.search(model.channel_prunable(), t.name)]
+      if hasattr(model, 'channel_chain'):  # more params tied to those channels
+        targets = [dataclasses.replace(t, followers=t.followers + model.channel_chain(t.path))
+                   for t in targets]
     if self.algorithm == 'slimming':
       targets = [t for t in targets if t.bn_scale is not None]
     if self.algorithm == 'n_m':

@@ -111,7 +111,7 @@ def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict
       nonzero = {key: int(np.count_nonzero(np.asarray(v))) for key, v in own_values.items()}
       density = nonzero['kernel'] / kernel.size if kernel is not None and kernel.size else 1.0
       layers[-1].update(
-          sparsity=1.0 - density if kernel is not None else 0.0,
+          sparsity=1.0 - density if kernel is not None else None,  # layers with a kernel
           nonzero_params=sum(nonzero.values()) if first else 0,
           nonzero_macs=round(macs * density),
           _nonzero_bits=(sum(n * (kernel_bits if k == 'kernel' else FULL)
@@ -189,7 +189,8 @@ def format_table(summary: dict[str, Any]) -> str:
                 + [_count(layer['params_by_bits'].get(b, 0)) for b in param_bits]
                 + [f"{layer['memory_bytes'] / 1024:.2f}"]
                 + [_count(layer['macs'] if layer['mac_precision'] == b else 0) for b in mac_bits]
-                + ([f"{layer['sparsity']:.1%}"] if sparse else []))
+                + ([f"{layer['sparsity']:.1%}" if layer['sparsity'] is not None else '-']
+                   if sparse else []))
   rows.append(['Total', '', '', '']
               + [_count(summary['params_by_bits'][b]) for b in param_bits]
               + [f"{summary['model_size_bytes'] / 1024:.2f}"]
@@ -224,7 +225,7 @@ def format_totals(summary: dict[str, Any]) -> str:
       f"Non-zero params:             {summary['nonzero_params']:,}",
       f"Non-zero MACs:               {summary['nonzero_macs']:,}",
       f"Non-zero model size:         {summary['nonzero_model_size_bytes'] / mib:.2f} MiB",
-  ] if 'sparsity' in summary else []))
+  ] if summary.get('sparsity', 0) > 0 else []))
 
 
 def _trained_run(workdir: str):

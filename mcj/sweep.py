@@ -89,7 +89,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def plot_rows(rows: list[dict], path: str) -> None:
   """Accuracy (mean +- std) vs kernel sparsity, one line per value of the first grid key
-  (e.g. ``method=``); a row whose first key appears once is drawn as a single marker."""
+  (e.g. ``method=``); a value with a single run is a marker, or a dashed line if dense."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
@@ -100,12 +100,20 @@ def plot_rows(rows: list[dict], path: str) -> None:
   for r in rows:
     label = (r['arg'] or 'default').split(',')[0]
     series.setdefault(label, []).append(r)
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+  markers = iter('sD^vP*Xo' * 4)
   for label, points in series.items():
     points = sorted(points, key=lambda r: r.get('sparsity', 0.0))
+    name = label.partition('=')[2] or label
+    if len(points) == 1 and not points[0].get('sparsity'):  # a dense reference: a line
+      r = points[0]
+      ax.axhline(r['accuracy_mean'], color='k', linestyle='--', linewidth=1,
+                 label=f'{name} ({r["accuracy_mean"]:.4f})')
+      continue
     ax.errorbar([100 * r.get('sparsity', 0.0) for r in points],
                 [r['accuracy_mean'] for r in points], [r['accuracy_std'] for r in points],
-                marker='o', capsize=3, label=label.partition('=')[2] or label)
+                marker='o' if len(points) > 1 else next(markers), markersize=7,
+                linestyle='-' if len(points) > 1 else 'none', capsize=3, label=name)
   ax.set_xlabel('kernel sparsity (%)')
   ax.set_ylabel('test accuracy')
   ax.grid(alpha=0.3)

@@ -419,12 +419,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rebuilt = prune_lib.rebuild(model, parallel.fetch(
         {'params': state['params'], 'batch_stats': state['batch_stats']}))
     if rebuilt:
-      small = summary_lib.summarize(rebuilt[0], info.image_shape)
+      small_model, small_variables = rebuilt
+      small = summary_lib.summarize(small_model, info.image_shape)
+      rebuilt_model = {**config.model.to_dict(),  # the option shrink set (ResNet, MobileNetV2)
+                       **{k: list(getattr(small_model, k)) for k in ('inner_widths', 'hidden_widths')
+                          if getattr(small_model, k, None) is not None}}
       results.update(rebuilt_params=small['params'], rebuilt_macs=small['macs'],
-                     rebuilt_model={**config.model.to_dict(),
-                                    'inner_widths': list(rebuilt[0].inner_widths)})
-      say(f'mcj: rebuilt without the pruned channels: {small["params"]:,} params, '
-          f'{small["macs"]:,} MACs (dense: {num_params:,}, {size["macs"]:,}).')
+                     rebuilt_model=rebuilt_model)
+      # A workdir of its own: init_from / a teacher / mcj.summary --workdir can use it.
+      rebuilt_dir = os.path.join(workdir, 'rebuilt')
+      if is_main:
+        os.makedirs(rebuilt_dir, exist_ok=True)
+        small_config = config.to_dict()
+        small_config.update(model=rebuilt_model, prune={})
+        with open(os.path.join(rebuilt_dir, 'config.json'), 'w') as f:
+          json.dump(merge_config(small_config).to_dict(), f, indent=2, sort_keys=True)
+      small_checkpointer = checkpoint_lib.Checkpointer(rebuilt_dir, keep=1)
+      small_checkpointer.save(step, {'step': np.asarray(step, np.int32), **small_variables})
+      small_checkpointer.close()
+      say(f'mcj: rebuilt without the pruned channels in {rebuilt_dir}: {small["params"]:,} '
+          f'params, {small["macs"]:,} MACs (dense: {num_params:,}, {size["macs"]:,}).')
   say(f'mcj: final eval at step {step} | ' + _fmt(final))
   say(f'mcj: compression summary of {config.model.name} '
       f'({"x".join(map(str, info.image_shape))} input):\n' + summary_lib.format_totals(size))

@@ -298,6 +298,8 @@ def test_pruned_binary_weights_compute_as_zero():
 @pytest.mark.parametrize('name, options, shape', [
     ('resnet20', {}, (8, 8, 1)),
     ('resnet50', {'stage_sizes': (1, 2), 'widths': (8, 16)}, (16, 16, 3)),  # bottlenecks
+    ('mobilenet_v2', {'width_multiplier': 0.25, 'last_channel': 64, 'stem_stride': 1,
+                      'settings': ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2))}, (16, 16, 3)),
 ])
 @pytest.mark.parametrize('algorithm', ['channel', 'slimming'])
 def test_channel_pruned_resnet_rebuilds_as_a_smaller_dense_one(name, options, shape, algorithm):
@@ -314,8 +316,9 @@ def test_channel_pruned_resnet_rebuilds_as_a_smaller_dense_one(name, options, sh
       for k, v in zip(keys, leaves)])
   pruner = prune.Pruner(prune_config(algorithm=algorithm, sparsity=0.5, schedule='one_shot'),
                         model, shape, total_steps=10)
-  expected = (r'^layer\d+_\d+/conv[12]/kernel$' if name == 'resnet50'
-              else r'^layer\d+_\d+/conv1/kernel$')
+  expected = {'resnet20': r'^layer\d+_\d+/conv1/kernel$',
+              'resnet50': r'^layer\d+_\d+/conv[12]/kernel$',
+              'mobilenet_v2': r'^block\d+/expand/conv/kernel$'}[name]
   assert all(re_match(expected, t.name) for t in pruner.targets) and pruner.targets
   masks = pruner.compute_masks(variables['params'], None, jnp.asarray(0),
                                pruner.initial_masks(variables['params']))
@@ -330,7 +333,9 @@ def test_channel_pruned_resnet_rebuilds_as_a_smaller_dense_one(name, options, sh
   assert small['params'] == sum(x.size for x in jax.tree.leaves(small_vars['params']))
   if algorithm == 'channel':  # half of every pruned layer's filters, layer by layer
     kept = [t.shape[-1] // 2 for t in pruner.targets]
-    assert list(np.ravel(small_model.inner_widths)) == kept
+    widths = (small_model.hidden_widths if name == 'mobilenet_v2'
+              else small_model.inner_widths)
+    assert [w for w in np.ravel(np.array(widths, dtype=object)) if w is not None] == kept
 
 
 def re_match(pattern, text):
@@ -383,8 +388,39 @@ def test_trainer_channel_pruning_reports_the_rebuilt_model(tmp_path):
   from mcj.models import get_model  # pylint: disable=g-import-not-at-top
   from mcj.summary import summarize  # pylint: disable=g-import-not-at-top
   options = {k: v for k, v in results['rebuilt_model'].items() if k != 'name'}
-  small = summarize(get_model('resnet20', num_classes=10, **options), (8, 8, 1))
+  small_model = get_model('resnet20', num_classes=10, **options)
+  small = summarize(small_model, (8, 8, 1))
   assert (small['params'], small['macs']) == (results['rebuilt_params'], results['rebuilt_macs'])
+  # The rebuilt network is saved as a workdir of its own, with the pruned model's outputs.
+  from mcj import checkpoint  # pylint: disable=g-import-not-at-top
+  big_model = get_model('resnet20', num_classes=10, stage_sizes=(1, 1, 1))
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
+  np.testing.assert_allclose(
+      small_model.apply(checkpoint.load_variables(str(tmp_path / 'rebuilt')), x),
+      big_model.apply(checkpoint.load_variables(str(tmp_path)), x), rtol=1e-5, atol=1e-5)
+  out = summary_cli(str(tmp_path / 'rebuilt'))
+  assert out['params'] == results['rebuilt_params'] and out['sparsity'] == 0.0
+
+
+def test_trainer_iterative_pruning_replays_the_learning_rate(tmp_path):
+  config = pruned_tiny(algorithm='global_magnitude', sparsity=0.75, schedule='iterative',
+                       rounds=2, rewind_fraction=0.25)
+  config.total_steps = 28  # L + 2 (L - k) = 28 with k = L / 4: L = 11, k = 3 (11 + 16 = 27)
+  train_and_evaluate(config, str(tmp_path))
+  lr = {m['step']: m['lr'] for m in read_metrics(str(tmp_path)) if 'lr' in m}
+  sparsity = {m['step']: m['prune/sparsity'] for m in read_metrics(str(tmp_path))
+              if 'prune/sparsity' in m}
+  length, rewind = prune.imp_segments(28, 2, 0.25)
+  assert (length, rewind) == (11, 3)
+  # The logged lr at step s is the schedule at s - 1; segment 2 starts again at step k.
+  assert lr[length + 1] == pytest.approx(lr[rewind + 1])
+  assert lr[length + (length - rewind) + 1] == pytest.approx(lr[rewind + 1])
+  assert sparsity[4] == pytest.approx(0.0, abs=1e-6)
+  assert sparsity[28] == pytest.approx(0.75, abs=1e-3)
+  _, params = final_params(str(tmp_path))
+  conv = np.concatenate([np.ravel(params[f'layer{i}_0'][c]['kernel'])
+                         for i in (1, 2, 3) for c in ('conv1', 'conv2')])
+  assert float((conv == 0).mean()) == pytest.approx(0.75, abs=1e-3)
 
 
 def summary_cli(workdir):

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mcj import layers
 
@@ -86,12 +87,13 @@ class InvertedResidualV2(nn.Module):
   expand_ratio: int
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  hidden: int | None = None  # expanded channels (None: input x expand_ratio); pruning
 
   @nn.compact
   def __call__(self, x, train=False):
     layer = functools.partial(ConvBN, act=nn.relu6, dtype=self.dtype,
                               bn_axis_name=self.bn_axis_name)
-    hidden = int(round(x.shape[-1] * self.expand_ratio))
+    hidden = self.hidden or int(round(x.shape[-1] * self.expand_ratio))
     y = x
     if self.expand_ratio != 1:
       y = layer(hidden, 1, name='expand')(y, train)
@@ -107,6 +109,8 @@ class MobileNetV2(nn.Module):
 
   3.5M params and ~301M MACs at 224 with ``width_multiplier`` 1. ``stem_stride`` 1 and a
   smaller ``last_channel`` give the usual compact variants for tiny images (CIFAR, digits).
+  ``hidden_widths`` (one per block; None keeps a block's own) narrows the expanded
+  channels: what ``shrink`` gives after channel pruning.
   """
   num_classes: int = 1000
   width_multiplier: float = 1.0
@@ -115,6 +119,7 @@ class MobileNetV2(nn.Module):
   last_channel: int = 1280
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  hidden_widths: Sequence[int | None] | None = None
 
   # (expand ratio t, channels c, repeats n, first stride s), paper Table 2.
   settings: Sequence[tuple[int, int, int, int]] = (
@@ -130,7 +135,8 @@ class MobileNetV2(nn.Module):
     k = 0
     for t, c, n, s in self.settings:
       for i in range(n):
-        x = InvertedResidualV2(make_divisible(c * w), s if i == 0 else 1, t,
+        hidden = self.hidden_widths[k] if self.hidden_widths else None
+        x = InvertedResidualV2(make_divisible(c * w), s if i == 0 else 1, t, hidden=hidden,
                                name=f'block{k}', **kw)(x, train)
         k += 1
     x = ConvBN(make_divisible(self.last_channel * max(1.0, w)), 1, act=nn.relu6,
@@ -140,6 +146,51 @@ class MobileNetV2(nn.Module):
     x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
                  name='classifier')(x)
     return x.astype(jnp.float32)
+
+  # ---------------------------------------------------------------- channel pruning
+  def channel_prunable(self) -> str:
+    """The expand convs: their channels stay inside a block (expand -> depthwise ->
+    project), so channel pruning can remove them (with their depthwise channel)."""
+    return r'^block\d+/expand/conv/kernel$'
+
+  def channel_chain(self, kernel_path) -> tuple:
+    """Params tied to an expand conv's output channels beyond its own BN: the depthwise
+    conv and its BN, so that a pruned channel outputs exactly 0 into ``project``."""
+    block = kernel_path[0]
+    return ((block, 'dw', 'conv', 'kernel'), (block, 'dw', 'bn', 'scale'),
+            (block, 'dw', 'bn', 'bias'))
+
+  def shrink(self, variables):
+    """The dense smaller MobileNetV2 without the expanded channels that channel pruning
+    zeroed (expand BN scale and bias both 0), and its variables; same outputs."""
+    params = _numpy_tree(variables['params'])
+    stats = _numpy_tree(variables.get('batch_stats', {}))
+    blocks = sorted((k for k in params if k.startswith('block')), key=lambda k: int(k[5:]))
+    hidden = []
+    for name in blocks:
+      block, block_stats = params[name], stats.get(name, {})
+      if 'expand' not in block:
+        hidden.append(None)
+        continue
+      bn = block['expand']['bn']
+      live = (bn['scale'] != 0) | (bn['bias'] != 0)
+      if not live.any():
+        live[0] = True  # a block keeps one (zero) channel
+      block['expand']['conv']['kernel'] = block['expand']['conv']['kernel'][..., live]
+      block['dw']['conv']['kernel'] = block['dw']['conv']['kernel'][..., live]
+      block['project']['conv']['kernel'] = block['project']['conv']['kernel'][..., live, :]
+      for part in ('expand', 'dw'):
+        block[part]['bn'] = {k: v[live] for k, v in block[part]['bn'].items()}
+        if part in block_stats:
+          block_stats[part]['bn'] = {k: v[live] for k, v in block_stats[part]['bn'].items()}
+      hidden.append(int(live.sum()))
+    return self.clone(hidden_widths=tuple(hidden)), {'params': params, 'batch_stats': stats}
+
+
+def _numpy_tree(tree):
+  if hasattr(tree, 'items'):
+    return {k: _numpy_tree(v) for k, v in tree.items()}
+  return np.array(tree)
 
 
 class SqueezeExcite(nn.Module):
