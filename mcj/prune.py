@@ -172,10 +172,12 @@ class PruneState(NamedTuple):
 
 
 def _rank_keep(scores, n_prune):
-  """True except at the ``n_prune`` smallest scores (ties broken by position)."""
+  """True except at the ``n_prune`` smallest scores (ties broken by position); one sort,
+  then the kept flags scattered back to the sorted positions."""
   flat = scores.reshape(-1)
-  ranks = jnp.argsort(jnp.argsort(flat, stable=True), stable=True)
-  return (ranks >= n_prune).reshape(scores.shape)
+  order = jnp.argsort(flat, stable=True)
+  keep = jnp.zeros(flat.shape, bool).at[order].set(jnp.arange(flat.size) >= n_prune)
+  return keep.reshape(scores.shape)
 
 
 def _get(tree, path):
