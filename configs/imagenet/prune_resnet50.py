@@ -17,7 +17,7 @@ cubic schedule from 10 % to 60 % of training (epochs 9 to 54), masks updated eve
 steps. These fractions are this config's, not the paper's exact steps.
 Variants: `:sparsity=0.9`, `:distribution=erk` (Evci et al. 2020's layer-wise
 sparsities), `:batch=1024` scales the lr linearly; `:runlocal` runs a few steps on
-synthetic 64x64 data.
+synthetic 32x32 data.
 """
 from mcj.config import ConfigError, parse_arg, runlocal_overrides
 
@@ -44,7 +44,7 @@ def get_config(arg=None):
       'checkpoint_every_steps': 5000,
   }
   if arg.runlocal:
-    config.update(runlocal_overrides(image_size=64, num_classes=1000,
+    config.update(runlocal_overrides(image_size=32, num_classes=1000,
                                      num_train_examples=1_281_167))
     # One prune event (a mask over 23M weights costs seconds of sorting on a CPU).
     config['prune'] = {**config['prune'], 'schedule': 'one_shot', 'start_fraction': 0.5}
