@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mcj import quantizers
 
@@ -237,6 +238,14 @@ def trace_layers(model: nn.Module, input_shape, **call_kwargs):
 
   variables = jax.eval_shape(init)
   return variables, calls
+
+
+def numpy_tree(tree):
+  """A nested dict of numpy copies of ``tree`` (editable in place, e.g. by a model's
+  ``shrink``)."""
+  if hasattr(tree, 'items'):
+    return {k: numpy_tree(v) for k, v in tree.items()}
+  return np.array(tree)
 
 
 def own_params(params, path) -> dict:

@@ -451,32 +451,3 @@ def _restart_moments(fresh, current, event):
       return c
     return jnp.where(event, f, c)
   return jax.tree.map(pick, fresh, current)
-
-
-def masked_fraction(masks, params) -> float:
-  """The fraction of zero weights among the pruned targets (for logs and tests)."""
-  total = zeros = 0
-  for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(params)):
-    if m.ndim:
-      total += p.size
-      zeros += int(np.sum(np.asarray(p) == 0))
-  return zeros / total if total else 0.0
-
-
-def find_prune_state(opt_state):
-  """The PruneState inside an optimizer state (None when the run does not prune)."""
-  found = []
-
-  def visit(node):
-    if isinstance(node, PruneState):
-      found.append(node)
-      return
-    if isinstance(node, (tuple, list)):
-      for child in node:
-        visit(child)
-    elif isinstance(node, dict):
-      for child in node.values():
-        visit(child)
-
-  visit(opt_state)
-  return found[0] if found else None

@@ -115,13 +115,13 @@ def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict
           nonzero_params=sum(nonzero.values()) if first else 0,
           nonzero_macs=round(macs * density),
           _nonzero_bits=(sum(n * (kernel_bits if k == 'kernel' else FULL)
-                             for k, n in nonzero.items()) + FULL * stat_count) if first else 0,
-          _kernel_counts=((nonzero['kernel'], kernel.size)
-                          if first and kernel is not None and kernel.ndim >= 2 else (0, 0)))
+                             for k, n in nonzero.items()) + FULL * stat_count) if first else 0)
   totals = _totals(params, stats, layers)
   if values is not None:
-    counts = [layer.pop('_kernel_counts') for layer in layers if '_kernel_counts' in layer]
-    kernel_nonzero, kernel_total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    kernels = [np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]
+               if getattr(path[-1], 'key', None) == 'kernel' and np.ndim(v) >= 2]
+    kernel_nonzero = sum(np.count_nonzero(k) for k in kernels)
+    kernel_total = sum(k.size for k in kernels)
     nonzero_bits = sum(layer.pop('_nonzero_bits') for layer in layers)
     totals.update(
         sparsity=1.0 - kernel_nonzero / kernel_total if kernel_total else 0.0,

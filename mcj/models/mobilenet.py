@@ -10,7 +10,6 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mcj import layers
 
@@ -163,8 +162,8 @@ class MobileNetV2(nn.Module):
   def shrink(self, variables):
     """The dense smaller MobileNetV2 without the expanded channels that channel pruning
     zeroed (expand BN scale and bias both 0), and its variables; same outputs."""
-    params = _numpy_tree(variables['params'])
-    stats = _numpy_tree(variables.get('batch_stats', {}))
+    params = layers.numpy_tree(variables['params'])
+    stats = layers.numpy_tree(variables.get('batch_stats', {}))
     blocks = sorted((k for k in params if k.startswith('block')), key=lambda k: int(k[5:]))
     hidden = []
     for name in blocks:
@@ -185,12 +184,6 @@ class MobileNetV2(nn.Module):
           block_stats[part]['bn'] = {k: v[live] for k, v in block_stats[part]['bn'].items()}
       hidden.append(int(live.sum()))
     return self.clone(hidden_widths=tuple(hidden)), {'params': params, 'batch_stats': stats}
-
-
-def _numpy_tree(tree):
-  if hasattr(tree, 'items'):
-    return {k: _numpy_tree(v) for k, v in tree.items()}
-  return np.array(tree)
 
 
 class SqueezeExcite(nn.Module):

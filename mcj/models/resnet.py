@@ -13,7 +13,6 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from mcj import layers
 
@@ -141,8 +140,8 @@ class ResNet(_Layers):
     """The dense smaller ResNet and its variables, without the block-internal channels
     that channel pruning zeroed (BatchNorm scale and bias both 0: the channel outputs 0).
     Its outputs equal the pruned model's."""
-    params = jax_to_numpy(variables['params'])
-    stats = jax_to_numpy(variables.get('batch_stats', {}))
+    params = layers.numpy_tree(variables['params'])
+    stats = layers.numpy_tree(variables.get('batch_stats', {}))
     pairs = (('conv1', 'bn1', 'conv2'), ('conv2', 'bn2', 'conv3')) if self._bottleneck() else (
         ('conv1', 'bn1', 'conv2'),)
     inner = []
@@ -161,13 +160,6 @@ class ResNet(_Layers):
         widths.append(int(live.sum()))
       inner.append(tuple(widths) if self._bottleneck() else widths[0])
     return self.clone(inner_widths=tuple(inner)), {'params': params, 'batch_stats': stats}
-
-
-def jax_to_numpy(tree):
-  """A nested dict of numpy copies (editable in place)."""
-  if isinstance(tree, dict) or hasattr(tree, 'items'):
-    return {k: jax_to_numpy(v) for k, v in tree.items()}
-  return np.array(tree)
 
 
 def _cifar(depth):
