@@ -18,7 +18,7 @@ Expected: teacher about 0.98, binary student about 0.93-0.95 at 22x compression 
 gives measured figures).
 Variants: `:runlocal` trains each stage for a few steps only (a smoke test).
 """
-from mcj.config import parse_arg
+from mcj.core.config import parse_arg
 
 
 def get_config(arg=None):

@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcj import parallel
-from mcj.config import ConfigError
+from mcj.core import parallel
+from mcj.core.config import ConfigError
 from mcj.models import get_model
-from mcj.train import train_and_evaluate
+from mcj.train.trainer import train_and_evaluate
 
 
 def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,

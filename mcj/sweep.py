@@ -19,8 +19,8 @@ import os
 import statistics
 import sys
 
-from mcj import config as config_lib
-from mcj.config import ConfigError
+from mcj.core import config as config_lib
+from mcj.core.config import ConfigError
 
 
 def grid_args(grid: list[str]) -> list[str]:

@@ -2,8 +2,8 @@
 import ml_collections
 import pytest
 
-from mcj import config as config_lib
-from mcj.config import ConfigError
+from mcj.core import config as config_lib
+from mcj.core.config import ConfigError
 from mcj.train import merge_config
 
 
@@ -20,7 +20,7 @@ def test_parse_arg_unknown_word_lists_valid():
 
 
 def test_parse_arg_wrong_type():
-  with pytest.raises(ConfigError, match='expects a int'):
+  with pytest.raises(ConfigError, match='expects an int'):
     config_lib.parse_arg('steps=ten', steps=1)
 
 
@@ -40,7 +40,7 @@ def test_overrides_parse_to_field_type():
 @pytest.mark.parametrize('argv, message', [
     (['--config.batchsize=3'], r'Unknown config key config.batchsize. Valid: .*batch_size'),
     (['--config.optimizer.learning_rate=3'], r'Unknown config key config.optimizer.learning_rate'),
-    (['--config.batch_size=big'], r'config.batch_size expects a int'),
+    (['--config.batch_size=big'], r'config.batch_size expects an int'),
     (['--config.optimizer.nesterov=maybe'], r'expects true or false'),
     (['--config.optimizer=adam'], r'is a block'),
     (['--config.seed'], r'needs a value'),
@@ -55,7 +55,7 @@ def test_bad_overrides_are_clear(argv, message):
 def test_unknown_key_in_config_file_is_an_error():
   with pytest.raises(ConfigError, match='Unknown config key config.totl_steps'):
     merge_config({'model': {'name': 'resnet20'}, 'totl_steps': 5})
-  with pytest.raises(ConfigError, match='config.batch_size expects a int'):
+  with pytest.raises(ConfigError, match='config.batch_size expects an int'):
     merge_config({'model': {'name': 'resnet20'}, 'batch_size': '8'})
 
 
@@ -66,7 +66,7 @@ def test_model_block_passes_options_through():
 
 def test_load_config_with_arg(tmp_path):
   path = tmp_path / 'c.py'
-  path.write_text('from mcj.config import parse_arg\n'
+  path.write_text('from mcj.core.config import parse_arg\n'
                   'def get_config(arg=None):\n'
                   '  a = parse_arg(arg, runlocal=False)\n'
                   '  return {"model": {"name": "resnet20"}, "total_steps": 1 if a.runlocal else 9}\n')
@@ -83,7 +83,7 @@ def test_every_shipped_config_loads_and_merges():
   root = os.path.dirname(os.path.dirname(__file__))
   paths = sorted(glob.glob(os.path.join(root, 'configs', '**', '*.py'), recursive=True))
   assert paths
-  from mcj import pipeline
+  from mcj.train import pipeline
   for path in paths:
     for arg in ('', ':runlocal'):
       config = merge_config(config_lib.load_config(path + arg))

@@ -21,7 +21,7 @@ from tensorflow_datasets.core import example_serializer  # pylint: disable=g-imp
 from tensorflow_datasets.core import naming  # pylint: disable=g-import-not-at-top
 
 from mcj import data as data_lib  # pylint: disable=g-import-not-at-top
-from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+from mcj.core.config import ConfigError  # pylint: disable=g-import-not-at-top
 from mcj.data import tfds as tfds_data  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

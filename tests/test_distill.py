@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from mcj import distill
-from mcj.config import ConfigError
+from mcj.compress.distill import losses as distill
+from mcj.core.config import ConfigError
 
 SEEDS = [0, 1, 2]
 TOL = dict(rtol=1e-5, atol=1e-6)

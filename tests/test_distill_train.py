@@ -10,10 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mcj import distill
-from mcj import pipeline
-from mcj import teachers as teachers_lib
-from mcj.config import ConfigError
+from mcj.compress.distill import losses as distill
+from mcj.train import pipeline
+from mcj.compress.distill import teachers as teachers_lib
+from mcj.core.config import ConfigError
 from mcj.models import get_model
 from mcj.train import default_config, train_and_evaluate
 from tests.test_train import (_start, _wait_for_step, final_params, run_cli, train_losses)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mcj import bench
-from mcj import config as config_lib
+from mcj.core import config as config_lib
 from mcj.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +28,7 @@ def test_every_config_runlocal_trains(tmp_path, path):
 
 
 def test_bop_run_leaves_binary_kernels_at_plus_minus_one(tmp_path):
-  from mcj import checkpoint
+  from mcj.core import checkpoint
   config = config_lib.load_config(os.path.join(ROOT, 'configs/digits/bnn.py:runlocal'))
   config.total_epochs, config.total_steps = None, 4
   config.binary = {'optimizer': 'bop', 'bop_threshold': 1e-6, 'bop_gamma': 1e-2}

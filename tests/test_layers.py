@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcj import layers
+from mcj.nn import blocks
+from mcj.nn import inspect
+from mcj.nn import layers
 
 
 def _x(shape, seed=0):
@@ -109,19 +111,19 @@ def test_rprelu_and_learnable_bias_formulas():
   params = {'shift_in': {'bias': jnp.array([0.5, 0.5, -1.0, 0.0])},
             'slope': jnp.array([0.25, 0.1, 0.5, 0.25]),
             'shift_out': {'bias': jnp.array([1.0, 0.0, 0.0, -1.0])}}
-  y = layers.RPReLU().apply({'params': params}, x)
+  y = blocks.RPReLU().apply({'params': params}, x)
   # shift, PReLU, shift: (-1.5*0.25)+1, 0*..., (-1*0.5), 1-1
   np.testing.assert_allclose(y[0], [-0.375 + 1.0, 0.0, -0.5, 0.0])
-  init = layers.RPReLU().init(jax.random.key(0), x)['params']
+  init = blocks.RPReLU().init(jax.random.key(0), x)['params']
   assert init['slope'].tolist() == [0.25] * 4 and not init['shift_in']['bias'].any()
   bias = {'params': {'bias': jnp.array([1.0, -1.0, 0.0, 2.0])}}
-  np.testing.assert_allclose(layers.LearnableBias().apply(bias, x)[0], [-1.0, -1.5, 0.0, 3.0])
+  np.testing.assert_allclose(blocks.LearnableBias().apply(bias, x)[0], [-1.0, -1.5, 0.0, 3.0])
 
 
 def test_rsign_threshold_shifts_the_sign():
   x = jnp.array([[0.2, -0.2, 0.0]])
   params = {'params': {'threshold': {'bias': jnp.array([-0.3, 0.3, 0.0])}}}
-  np.testing.assert_array_equal(layers.RSign().apply(params, x)[0], [-1.0, 1.0, 1.0])
+  np.testing.assert_array_equal(blocks.RSign().apply(params, x)[0], [-1.0, 1.0, 1.0])
 
 
 class _Net(nn.Module):
@@ -140,7 +142,7 @@ class _Net(nn.Module):
 
 
 def test_binary_kernel_mask_marks_one_bit_kernels_only():
-  mask = layers.binary_kernel_mask(_Net(), (6, 6, 2))
+  mask = inspect.binary_kernel_mask(_Net(), (6, 6, 2))
   assert mask == {'Conv_0': {'kernel': False, 'bias': False},
                   'binary': {'kernel': True},
                   'binary_learned': {'kernel': True, 'kernel_scale': False},
@@ -155,7 +157,7 @@ def test_inference_params_are_plus_minus_alpha_and_give_the_same_outputs():
   params['binary_learned'] = {**params['binary_learned'],
                               'kernel_scale': jnp.arange(1.0, 9.0)}
   variables = {'params': params}
-  view = layers.inference_params(net, variables, (6, 6, 2))
+  view = inspect.inference_params(net, variables, (6, 6, 2))
   w, v = params['binary']['kernel'], view['binary']['kernel']
   alpha = jnp.mean(jnp.abs(w), axis=(0, 1, 2))
   np.testing.assert_allclose(jnp.abs(v), jnp.broadcast_to(alpha, v.shape), rtol=1e-6)

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcj.models import MODELS, get_model
+from mcj.core import registry
+from mcj.models import get_model
 
 # Trainable params (BN scale/bias included, running stats excluded).
 IMAGENET = {
@@ -41,11 +42,11 @@ def _count(tree):
 
 def test_every_model_has_a_published_count():
   """Float models are counted here; every binary family in tests/test_zoo_*.py."""
-  from mcj.models import mobilenet, resnet
+  from mcj.models.cnn import mobilenet, resnet
   assert set(resnet.MODELS) | set(mobilenet.MODELS) == set(IMAGENET) | set(CIFAR10)
   import pathlib
   zoo_tests = ''.join(p.read_text() for p in pathlib.Path(__file__).parent.glob('test_zoo_*.py'))
-  missing = [n for n in MODELS if n not in IMAGENET and n not in CIFAR10
+  missing = [n for n in registry.names('model') if n not in IMAGENET and n not in CIFAR10
              and f"'{n}'" not in zoo_tests]
   assert not missing, f'models without a count test: {missing}'
 
@@ -139,4 +140,4 @@ def test_width_multiplier_shrinks_mobilenets(name):
 def test_unknown_name_lists_valid_names():
   with pytest.raises(ValueError, match='resnet18_cifar') as e:
     get_model('resnet19', 10)
-  assert all(name in str(e.value) for name in MODELS)
+  assert all(name in str(e.value) for name in registry.names('model'))

@@ -7,8 +7,10 @@ import numpy as np
 import optax
 import pytest
 
-from mcj import optim
-from mcj.config import ConfigError
+from mcj.compress import binary as binary_lib
+from mcj.core import registry
+from mcj.train import optim
+from mcj.core.config import ConfigError
 from mcj.train import cross_entropy, merge_config
 
 
@@ -100,7 +102,7 @@ def test_gradient_clipping_by_global_norm():
   np.testing.assert_allclose(new['w'], [[-0.6, -0.8]], rtol=1e-6)
 
 
-@pytest.mark.parametrize('name', optim.OPTIMIZERS)
+@pytest.mark.parametrize('name', registry.names('optimizer'))
 def test_every_optimizer_reduces_a_quadratic(name):
   c = config(optimizer__name=name, optimizer__lr=0.05, schedule__name='constant')
   tx = optim.make_optimizer(c, optim.make_schedule(c, 100, 10.0))
@@ -131,7 +133,7 @@ def test_total_steps_from_epochs_and_exclusivity():
 
 
 def test_bop_flips_where_momentum_agrees_with_the_weight_sign():
-  tx = optim.bop(threshold=0.1, gamma=0.5)
+  tx = binary_lib.bop(threshold=0.1, gamma=0.5)
   w = jnp.array([0.3, -0.7, 0.2, -0.1, 0.0])
   state = tx.init(w)
   g = jnp.array([1.0, -1.0, -1.0, 0.1, 1.0])

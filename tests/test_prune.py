@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from mcj import layers
-from mcj import prune
-from mcj.config import ConfigError
+from mcj.nn import layers
+from mcj.compress.prune import pruner as prune
+from mcj.core.config import ConfigError
 from mcj.train import default_config, train_and_evaluate
 from tests.test_train import (TINY, _start, _wait_for_step, final_params, read_metrics,
                               run_cli, tiny, train_losses)
@@ -304,7 +304,7 @@ def test_pruned_binary_weights_compute_as_zero():
 @pytest.mark.parametrize('algorithm', ['channel', 'slimming'])
 def test_channel_pruned_resnet_rebuilds_as_a_smaller_dense_one(name, options, shape, algorithm):
   from mcj.models import get_model  # pylint: disable=g-import-not-at-top
-  from mcj.summary import summarize  # pylint: disable=g-import-not-at-top
+  from mcj.analysis.summary import summarize  # pylint: disable=g-import-not-at-top
   model = get_model(name, num_classes=10, **options)
   x = jax.random.normal(jax.random.key(0), (4, *shape))
   variables = model.init(jax.random.key(1), x)
@@ -386,13 +386,13 @@ def test_trainer_channel_pruning_reports_the_rebuilt_model(tmp_path):
   assert results['rebuilt_params'] < results['params']
   assert results['rebuilt_macs'] < results['macs']
   from mcj.models import get_model  # pylint: disable=g-import-not-at-top
-  from mcj.summary import summarize  # pylint: disable=g-import-not-at-top
+  from mcj.analysis.summary import summarize  # pylint: disable=g-import-not-at-top
   options = {k: v for k, v in results['rebuilt_model'].items() if k != 'name'}
   small_model = get_model('resnet20', num_classes=10, **options)
   small = summarize(small_model, (8, 8, 1))
   assert (small['params'], small['macs']) == (results['rebuilt_params'], results['rebuilt_macs'])
   # The rebuilt network is saved as a workdir of its own, with the pruned model's outputs.
-  from mcj import checkpoint  # pylint: disable=g-import-not-at-top
+  from mcj.core import checkpoint  # pylint: disable=g-import-not-at-top
   big_model = get_model('resnet20', num_classes=10, stage_sizes=(1, 1, 1))
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1))
   np.testing.assert_allclose(

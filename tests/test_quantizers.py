@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcj import layers, quantizers
-from mcj.config import ConfigError
+from mcj.core import registry
+from mcj.nn import inspect, layers
+from mcj.quant import quantizers
+from mcj.core.config import ConfigError
 
 BOUNDARIES = [-3.0, -2.0, -1.5, -1.2, -1.0, -0.7, -0.5, -0.3, -0.05, -1e-3, 0.0, 1e-3, 0.05,
               0.3, 0.5, 0.7, 1.0, 1.2, 1.5, 2.0, 3.0]
@@ -431,7 +433,7 @@ PRECISIONS = {'ste_sign': 1, 'approx_sign': 1, 'swish_sign': 1, 'magnitude_aware
 
 
 def test_every_registered_quantizer_has_precision_and_name():
-  assert set(quantizers.QUANTIZERS) == set(PRECISIONS)
+  assert set(registry.names('quantizer')) == set(PRECISIONS)
   for name, bits in PRECISIONS.items():
     q = quantizers.get(name)
     assert q.precision == bits and quantizers.precision_of(q) == bits
@@ -455,7 +457,7 @@ def test_resolve_specs():
 
 
 @pytest.mark.parametrize('spec,message', [
-    ('not_a_quantizer', 'Available: approx_sign, bnext_weight, dorefa, ede, hard_sign'),
+    ('not_a_quantizer', 'Valid: approx_sign, bnext_weight, dorefa, ede, hard_sign'),
     ('ste_sign(beta=1.0)', "Bad option for quantizer 'ste_sign'"),
     ('ste_sign(1.0)', 'expected name(key=value, ...)'),
     ('ste_sign(clip_value=1.0', 'expected name(key=value, ...)'),
@@ -480,7 +482,7 @@ def test_bad_names_and_options_are_config_errors(spec, message):
 def test_unknown_name_lists_every_valid_name():
   with pytest.raises(ConfigError) as e:
     quantizers.get('sign')
-  assert all(name in str(e.value) for name in quantizers.QUANTIZERS)
+  assert all(name in str(e.value) for name in registry.names('quantizer'))
   with pytest.raises(ConfigError):
     quantizers.resolve(3)
 
@@ -489,7 +491,7 @@ def test_binary_kernel_mask_sees_registered_weight_binarizers():
   for spec, binary in [('irnet_weight', True), ('bnext_weight', True),
                        ('magnitude_aware_sign', True), ('ste_tern', False),
                        ('dorefa(k_bit=1, mode="weights")', True), ('lsq(bits=4)', False)]:
-    mask = layers.binary_kernel_mask(OneConv(spec), (6, 6, 3))
+    mask = inspect.binary_kernel_mask(OneConv(spec), (6, 6, 3))
     assert mask['conv']['kernel'] is binary, spec
 
 

@@ -7,7 +7,9 @@ import sys
 import flax.linen as nn
 import pytest
 
-from mcj import layers, summary
+from mcj import summary as summary_cli
+from mcj.analysis import summary
+from mcj.nn import inspect, layers
 from mcj.models import get_model
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -111,10 +113,10 @@ def test_cli_unknown_model_exits_2_with_one_line():
 
 
 def test_config_of_unprepared_tfds_dataset_uses_its_known_input(capsys):
-  assert summary.main(['--config', f'{ROOT}/configs/cifar10/resnet.py:depth=56', '--json']) == 0
+  assert summary_cli.main(['--config', f'{ROOT}/configs/cifar10/resnet.py:depth=56', '--json']) == 0
   out = json.loads(capsys.readouterr().out)
   assert out['params'] == 853_018 and out['input_shape'] == [32, 32, 3]
-  assert summary.main(['--config', 'no/such/config.py']) == 2
+  assert summary_cli.main(['--config', 'no/such/config.py']) == 2
   assert 'does not exist' in capsys.readouterr().err
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mcj import config as config_lib
-from mcj.config import ConfigError
+from mcj.core import config as config_lib
+from mcj.core.config import ConfigError
 from mcj.train import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,9 +124,9 @@ def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
 # ------------------------------------------------------------------ clear errors
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'model.name': 'resnet7'}, r"Unknown model 'resnet7'. Available: .*resnet20"),
+    ({'model.name': 'resnet7'}, r"Unknown model 'resnet7'. Did you mean .*Valid: .*resnet20"),
     ({'data.name': 'no_such_dataset'}, r'no_such_dataset.*digits, synthetic'),
-    ({'optimizer.name': 'adagrad'}, r"Unknown optimizer 'adagrad'. Available: sgd, adam"),
+    ({'optimizer.name': 'adagrad'}, r"Unknown optimizer 'adagrad'. Valid: adam, adamw, lamb, sgd"),
     ({'schedule.name': 'exp'}, r"Unknown schedule 'exp'"),
     ({'batch_size': 6}, r'batch_size=6 is not divisible by the 4 devices.*multiple of 4'),
 ])
@@ -139,7 +139,7 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
   proc = run_cli(['--config', TINY, '--workdir', str(tmp_path), '--config.model.name=nope'])
   assert proc.returncode == 2
   lines = [l for l in proc.stderr.splitlines() if l.startswith('mcj.train: error:')]
-  assert len(lines) == 1 and 'Available: ' in lines[0] and 'Traceback' not in proc.stderr
+  assert len(lines) == 1 and 'Valid: ' in lines[0] and 'Traceback' not in proc.stderr
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -264,7 +264,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 # ------------------------------------------------------------------ init_from
 
 def test_init_from_copies_params_and_mismatch_lists_entries(tmp_path):
-  from mcj import checkpoint as checkpoint_lib
+  from mcj.core import checkpoint as checkpoint_lib
   first = str(tmp_path / 'first')
   train_and_evaluate(tiny('steps=3,shallow'), first)
   # lr 0: one step changes only the BN statistics, so params must equal the source's.

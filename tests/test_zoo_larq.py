@@ -2,7 +2,7 @@
 
 Counts are taken at 224x224, 1000 classes, with ``jax.eval_shape`` (nothing materialised).
 - params: the Flax ``params`` collection (BN scale and bias in, running statistics out);
-  binary params: entries of the latent kernels ``layers.binary_kernel_mask`` marks.
+  binary params: entries of the latent kernels ``inspect.binary_kernel_mask`` marks.
 - Exact trainable and binary counts: larq-zoo 2.4.0 computed (REFERENCE.md).
 - larq-zoo's docstring "Parameters" and "Memory" columns count BatchNorm two ways:
   BinaryDenseNet's rows count all four BN vectors (docstring parameters = params +
@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcj import layers
-from mcj.config import load_config
-from mcj.models import binary_densenet, meliusnet, quicknet
+from mcj.core import tree as tree_lib
+from mcj.nn import inspect
+from mcj.nn import layers
+from mcj.core.config import load_config
+from mcj.models.bnn import binary_densenet, meliusnet, quicknet
 from mcj.train import merge_config
 
 MODELS = {**binary_densenet.MODELS, **meliusnet.MODELS, **quicknet.MODELS}
@@ -40,11 +42,11 @@ def _size(tree):
 def _counts(name):
   """Params, binary params, BN running stats, BN scale+bias, blur-pool constants."""
   model = MODELS[name](num_classes=1000)
-  variables, calls = layers.trace_layers(model, IMAGE)
-  mask = layers.binary_kernel_mask(model, IMAGE)
+  variables, calls = inspect.trace_layers(model, IMAGE)
+  mask = inspect.binary_kernel_mask(model, IMAGE)
   params = variables['params']
   binary = sum(p.size for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
-  bn_params = sum(_size(layers.own_params(params, m.path)) for m, _, _ in
+  bn_params = sum(_size(tree_lib.own_params(params, m.path)) for m, _, _ in
                   {id(c[0]): c for c in calls if isinstance(c[0], nn.BatchNorm)}.values())
   blur = 0
   if isinstance(model, quicknet.QuickNet):  # larq keeps the 3x3 blur kernel as a frozen weight
@@ -115,7 +117,7 @@ def test_folded_bn_memory(name, mib, digits):
 
 def test_dilated_densenet_keeps_28x28():
   """BinaryDenseNet37Dilated: no pooling before sections 3 and 4, binary convs dilated."""
-  _, calls = layers.trace_layers(MODELS['binary_densenet37_dilated'](num_classes=1000), IMAGE)
+  _, calls = inspect.trace_layers(MODELS['binary_densenet37_dilated'](num_classes=1000), IMAGE)
   convs = [(m, out.shape) for m, _, out in calls if isinstance(m, layers.QuantConv)
            and m.name.endswith('conv') and m.name.startswith('section')]
   assert convs[-1][1] == (1, 28, 28, 64)
@@ -124,7 +126,7 @@ def test_dilated_densenet_keeps_28x28():
 
 def test_float_twin_has_no_binary_kernels():
   model = MODELS['meliusnet22'](num_classes=10, input_quantizer=None, kernel_quantizer=None)
-  mask = layers.binary_kernel_mask(model, (32, 32, 3))
+  mask = inspect.binary_kernel_mask(model, (32, 32, 3))
   leaves = jax.tree.leaves(mask)
   assert leaves and not any(leaves)
 
@@ -157,7 +159,7 @@ def test_forward_backward_with_binary_inputs(family):
   model = SMALL[family]
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
   variables = _random_variables(model, x)
-  mask = layers.binary_kernel_mask(model, (32, 32, 3))
+  mask = inspect.binary_kernel_mask(model, (32, 32, 3))
 
   def loss_fn(params):
     seen = []  # the quantized input of every binary conv
@@ -178,7 +180,7 @@ def test_forward_backward_with_binary_inputs(family):
     (loss, (logits, seen)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         variables['params'])
     # The deployable form: every binary kernel replaced by the +-1 it computes with.
-    deployed = layers.inference_params(model, variables, (32, 32, 3))
+    deployed = inspect.inference_params(model, variables, (32, 32, 3))
     same = [model.apply({**variables, 'params': p}, x, train=False)
             for p in (variables['params'], deployed)]
     return loss, logits, seen, grads, deployed, same

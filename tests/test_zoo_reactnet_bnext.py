@@ -2,7 +2,7 @@
 FLOPs against the papers, the two ReActNet steps, and a real forward/backward pass.
 
 Counting: params = Flax ``params`` (BN scale and bias in, running statistics out); binary
-params = latent kernels marked by ``layers.binary_kernel_mask``; model size (larq) = binary
+params = latent kernels marked by ``inspect.binary_kernel_mask``; model size (larq) = binary
 kernels at 1 bit, every other entry of ``params`` and ``batch_stats`` at 32 bits; BOPs =
 MACs of layers whose input and kernel are both 1-bit, FLOPs = MACs of the other conv/dense
 layers, MACs = output elements x (Cin / groups) x kh x kw (ReActNet's OPs = BOPs/64 + FLOPs).
@@ -15,10 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcj import config as config_lib
-from mcj import layers, quantizers
-from mcj.models import MODELS, bnext, get_model, reactnet
-from mcj.config import ConfigError
+from mcj.core import config as config_lib
+from mcj.quant import quantizers
+from mcj.core import registry
+from mcj.models import get_model
+from mcj.models.bnn import bnext, reactnet
+from mcj.core.config import ConfigError
 from mcj.train import merge_config
 
 IMAGENET = (224, 224, 3)
@@ -28,17 +30,17 @@ IMAGENET = (224, 224, 3)
 def _profile(name, **options):
   """Counts of the registered model ``name`` at 224x224, 1000 classes (shapes only)."""
   model = get_model(name, 1000, **dict(options))
-  variables, calls = layers.trace_layers(model, IMAGENET)
+  variables, calls = inspect.trace_layers(model, IMAGENET)
   params = variables['params']
-  binary_paths = {m.path for m, _, _ in calls if layers.is_quant_layer(m)
+  binary_paths = {m.path for m, _, _ in calls if inspect.is_quant_layer(m)
                   and quantizers.precision_of(m.kernel_q()) == 1}
   bops = flops = 0
   for module, _, out in calls:
-    kernel = layers.own_params(params, module.path).get('kernel')
+    kernel = tree_lib.own_params(params, module.path).get('kernel')
     if kernel is None:
       continue
     macs = math.prod(out.shape[1:]) * math.prod(kernel.shape[:-1])
-    one_bit = (layers.is_quant_layer(module)
+    one_bit = (inspect.is_quant_layer(module)
                and quantizers.precision_of(module.input_q()) == 1
                and quantizers.precision_of(module.kernel_q()) == 1)
     if one_bit:
@@ -91,7 +93,7 @@ def test_reactnet_a_ops_match_the_paper():
 def test_binary_kernel_mask_agrees_with_the_count():
   model = get_model('reactnet_a', 10)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-  mask = layers.binary_kernel_mask(model, (32, 32, 3))
+  mask = inspect.binary_kernel_mask(model, (32, 32, 3))
   marked = sum(v.size for v, m in zip(jax.tree.leaves(variables['params']),
                                       jax.tree.leaves(mask)) if m)
   assert marked == _reactnet_a_official_counts(10)[1]
@@ -151,7 +153,7 @@ def test_bnext_counts_match_the_official_model(name):
 
 def test_bnext_defaults_use_the_bnext_quantizers_when_registered():
   model = get_model('bnext_tiny', 10)
-  expected = {'hard_sign', 'bnext_weight'} & set(quantizers.QUANTIZERS)
+  expected = {'hard_sign', 'bnext_weight'} & set(registry.names('quantizer'))
   assert expected <= {model.input_quantizer, model.kernel_quantizer}
   assert quantizers.resolve(model.input_quantizer).precision == 1
   assert quantizers.resolve(model.kernel_quantizer).precision == 1
@@ -166,7 +168,7 @@ def test_bnext_ablations_and_float_twin_build(options):
   x = jnp.zeros((2, 32, 32, 3))
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
   assert jax.eval_shape(model.apply, shapes, x).shape == (2, 10)
-  binary = jax.tree.leaves(layers.binary_kernel_mask(model, (32, 32, 3)))
+  binary = jax.tree.leaves(inspect.binary_kernel_mask(model, (32, 32, 3)))
   assert any(binary) == (options.get('kernel_quantizer', 'default') is not None)
 
 
@@ -223,8 +225,8 @@ def test_forward_backward_is_finite(name):
 
   # Stored for inference, every binary kernel is +-alpha per output channel (ReActNet,
   # XNOR scale) or exactly +-1 (BNext at the end of annealing).
-  stored = _run_fast(lambda v: layers.inference_params(model, v, (32, 32, 3)), variables)
-  mask = layers.binary_kernel_mask(model, (32, 32, 3))
+  stored = _run_fast(lambda v: inspect.inference_params(model, v, (32, 32, 3)), variables)
+  mask = inspect.binary_kernel_mask(model, (32, 32, 3))
   checked = 0
   for kernel, is_binary in zip(jax.tree.leaves(stored), jax.tree.leaves(mask)):
     if is_binary:
@@ -249,7 +251,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
                                  'step=2,teacher=/t/r34', 'step=1,runlocal'])
 def test_reactnet_config(arg):
   """The pipeline (teacher, step 1, step 2) or one step; distribution loss, no labels."""
-  from mcj import pipeline  # pylint: disable=g-import-not-at-top
+  from mcj.train import pipeline  # pylint: disable=g-import-not-at-top
   config = merge_config(config_lib.load_config(f'configs/imagenet/reactnet.py:{arg}'))
   if 'step=' in arg:
     steps = [(f'step{arg[5]}', '', config)]
@@ -275,7 +277,7 @@ def test_reactnet_config(arg):
       assert stage.data.name == 'synthetic' and stage.total_steps == 2
     else:
       assert stage.data.name == 'imagenet2012' and stage.total_epochs == 128
-    assert stage.model.name in MODELS or stage.model.name == 'reactnet_resnet18'
+    assert stage.model.name in registry.names('model') or stage.model.name == 'reactnet_resnet18'
   with pytest.raises(ConfigError, match='needs teacher=DIR'):
     config_lib.load_config('configs/imagenet/reactnet.py:step=2')
 
@@ -283,7 +285,7 @@ def test_reactnet_config(arg):
 @pytest.mark.parametrize('arg', ['', 'model=bnext_large', 'runlocal'])
 def test_bnext_config(arg):
   config = merge_config(config_lib.load_config(f'configs/imagenet/bnext.py:{arg}'))
-  assert config.model.name in MODELS
+  assert config.model.name in registry.names('model')
   assert config.optimizer.name == 'adamw' and config.binary.latent_clip == 1.5
   if not arg:
     assert config.total_epochs == 512 and config.optimizer.lr == 1e-3

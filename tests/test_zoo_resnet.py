@@ -2,7 +2,7 @@
 quantized layers where the papers put them, float twins, and a real training step.
 
 Counting conventions: params = Flax ``params`` (BN scale and bias in, running statistics
-out); binary params = entries of latent kernels that ``layers.binary_kernel_mask`` marks;
+out); binary params = entries of latent kernels that ``inspect.binary_kernel_mask`` marks;
 model size (larq) = binary entries at 1 bit, every other entry of ``params`` and
 ``batch_stats`` at 32 bits, in bytes; larq-zoo's "MB" are MiB (2**20 bytes).
 """
@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mcj import layers, quantizers
-from mcj.config import ConfigError, load_config
-from mcj.models import MODELS, binary_resnet, get_model
+from mcj.quant import quantizers
+from mcj.core.config import ConfigError, load_config
+from mcj.models import get_model
+from mcj.models.bnn import binary_resnet
 from mcj.train import merge_config
 
 IMAGENET = (224, 224, 3)
@@ -28,8 +29,8 @@ MIB = 2 ** 20
 def _stats(name, input_shape, **options):
   """(params, batch_stats entries, binary params, model size in bytes) of a registered model."""
   model = get_model(name, 1000 if input_shape == IMAGENET else 10, **options)
-  variables, _ = layers.trace_layers(model, input_shape)
-  mask = layers.binary_kernel_mask(model, input_shape)
+  variables, _ = inspect.trace_layers(model, input_shape)
+  mask = inspect.binary_kernel_mask(model, input_shape)
   params = sum(x.size for x in jax.tree.leaves(variables['params']))
   stats = sum(x.size for x in jax.tree.leaves(variables.get('batch_stats', {})))
   binary = sum(x.size for x, is_binary in zip(jax.tree.leaves(variables['params']),
@@ -120,8 +121,8 @@ def test_binary_layers_are_quant_convs_with_both_quantizers(name):
   scaling and classifier are float Conv/Dense; each binary kernel is marked binary."""
   shape = _shape_of(name)
   model = get_model(name, 10)
-  _, calls = layers.trace_layers(model, shape)
-  quant = [m for m, _, _ in calls if layers.is_quant_layer(m)]
+  _, calls = inspect.trace_layers(model, shape)
+  quant = [m for m, _, _ in calls if inspect.is_quant_layer(m)]
   assert quant
   for module in quant:
     assert quantizers.precision_of(module.input_q()) == 1, module.path
@@ -152,12 +153,12 @@ def test_real_to_binary_stages():
   assert fp[:2] == ban[:2] == bnn[:2]
   assert fp[2] == ban[2] == 0 and bnn[2] == 10_985_472
   model = get_model('real_to_binary', 10, kernel_quantizer=None)
-  _, calls = layers.trace_layers(model, (32, 32, 3))
-  quant = [m for m, _, _ in calls if layers.is_quant_layer(m)]
+  _, calls = inspect.trace_layers(model, (32, 32, 3))
+  quant = [m for m, _, _ in calls if inspect.is_quant_layer(m)]
   assert {quantizers.precision_of(m.input_q()) for m in quant} == {1}
   assert {quantizers.precision_of(m.kernel_q()) for m in quant} == {32}
   with pytest.raises(ValueError, match='conv_input_activation'):
-    layers.trace_layers(get_model('real_to_binary', 10, conv_input_activation='relu'),
+    inspect.trace_layers(get_model('real_to_binary', 10, conv_input_activation='relu'),
                         (32, 32, 3))
 
 
@@ -167,7 +168,7 @@ def test_real_to_binary_stages():
 def test_small_and_odd_inputs_give_float32_logits(name, size):
   model = get_model(name, 7, dtype=jnp.bfloat16)
   shape = (size, size, 3)
-  variables, _ = layers.trace_layers(model, shape)
+  variables, _ = inspect.trace_layers(model, shape)
   assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype('float32')}
   x = jnp.zeros((2, *shape))
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
@@ -193,7 +194,7 @@ def test_binary_resnet20_trains_on_digits_shape():
   x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
   labels = jnp.array([0, 3, 5, 9])
   variables = _random_variables(model, x)
-  mask = layers.binary_kernel_mask(model, (8, 8, 1))
+  mask = inspect.binary_kernel_mask(model, (8, 8, 1))
 
   # A test of values, not speed: XLA's cheapest CPU backend compiles this twice as fast.
   @functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
@@ -226,7 +227,7 @@ def test_inference_params_are_scaled_signs_and_keep_outputs(block):
 
   @jax.jit
   def deploy_and_compare(variables):
-    deployed = layers.inference_params(model, variables, (32, 32, 3))
+    deployed = inspect.inference_params(model, variables, (32, 32, 3))
     return (deployed, model.apply(variables, x, train=False),
             model.apply({**variables, 'params': deployed}, x, train=False))
 
@@ -260,8 +261,8 @@ def test_configs_build_their_models(path, arg):
   assert config.data.num_train_examples == 64
   options = {k: v for k, v in config.model.items() if k != 'name'}
   model = get_model(config.model.name, 10, **options)
-  _, calls = layers.trace_layers(model, (32, 32, 3))
-  quant = [m for m, _, _ in calls if layers.is_quant_layer(m)]
+  _, calls = inspect.trace_layers(model, (32, 32, 3))
+  quant = [m for m, _, _ in calls if inspect.is_quant_layer(m)]
   bits = {(quantizers.precision_of(m.input_q()), quantizers.precision_of(m.kernel_q()))
           for m in quant}
   if 'stage=fp' in arg:

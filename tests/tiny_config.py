@@ -3,7 +3,7 @@
 ``shallow`` uses one block per stage (ResNet-8): fewer ReLU kinks, so float rounding
 differences between device counts do not grow chaotically over 50 steps.
 """
-from mcj.config import parse_arg
+from mcj.core.config import parse_arg
 
 
 def get_config(arg=None):

@@ -33,7 +33,7 @@ decays every param; mcj decays kernels only (BN scales and biases are not decaye
 Variants: `:float_activations` keeps activations 32-bit (IR-Net's 1W/32A); `:runlocal`
 runs a few steps on synthetic CIFAR-shaped data.
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 # Per model: (lr, epochs, EDE t_min) of the official IR-Net trainers.
 RECIPES = {

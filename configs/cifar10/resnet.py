@@ -15,7 +15,7 @@ momentum 0.9, weight decay 1e-4, batch 128, lr 0.1 divided by 10 at 32k and 48k 
 about 400 iterations; here a 400-step linear warmup stands in for it.
 Variants: `:depth=56`; `:runlocal` runs a few steps on synthetic CIFAR-shaped data.
 """
-from mcj.config import parse_arg, runlocal_overrides
+from mcj.core.config import parse_arg, runlocal_overrides
 
 ITERATIONS, STEP_ITERATIONS = 64_000, (32_000, 48_000)
 

@@ -9,7 +9,7 @@ Source: kuangliu/pytorch-cifar main.py: SGD lr 0.1, momentum 0.9, weight decay 5
 batch 128, cosine annealing over 200 epochs.
 Variants: `:runlocal` runs a few steps on synthetic CIFAR-shaped data.
 """
-from mcj.config import parse_arg, runlocal_overrides
+from mcj.core.config import parse_arg, runlocal_overrides
 
 
 def get_config(arg=None):

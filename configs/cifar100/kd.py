@@ -23,7 +23,7 @@ Variants: `:teacher=resnet110,student=resnet32`; `:method=kd|fitnet|at|rkd|dist|
 (`none`: the student alone, same steps); `:runlocal` runs each stage a few steps on
 synthetic CIFAR-shaped data.
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 METHODS = {
     'none': None,

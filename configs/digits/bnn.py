@@ -18,13 +18,13 @@ batch 128.
 Expected: see README ("Binary vs float on digits") for the measured table.
 Variants: `:runlocal` trains for a few steps only (a smoke test).
 """
-from mcj.config import parse_arg
+from mcj.core.config import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, twin='binary', runlocal=False)
   if arg.twin not in ('binary', 'float'):
-    from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+    from mcj.core.config import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(f'twin must be binary or float, got {arg.twin!r}.')
   binary = arg.twin == 'binary'
   return {

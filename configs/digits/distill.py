@@ -28,7 +28,7 @@ Expected: see README ("Distillation on digits") for the measured table.
 Variants: `:stage=teacher` trains the teacher only; `:teacher=DIR` uses a trained teacher
 (no teacher stage); `:runlocal` trains each stage for a few steps (a smoke test).
 """
-from mcj.config import ConfigError, parse_arg
+from mcj.core.config import ConfigError, parse_arg
 
 STUDENTS = {
     'binary': {'name': 'binary_resnet20', 'input_quantizer': 'approx_sign',

@@ -32,7 +32,7 @@ while pruning (0.5 x CE + 0.5 x KD at T = 4, as configs/digits/distill.py), e.g.
       --workdir /tmp/mcj/digits_prune_binary_kd
 `:runlocal` trains for a few steps only (a smoke test).
 """
-from mcj.config import ConfigError, parse_arg
+from mcj.core.config import ConfigError, parse_arg
 
 METHODS = {
     'dense': {},

@@ -40,7 +40,7 @@ Variants: `:model=xnor_resnet18`; `:stage=fp|ban|bnn` (real_to_binary only) runs
 scales the lr linearly; `:runlocal` runs a few steps on synthetic 32x32 data (the R2B
 pipeline with a shallow ResNet-20 as the first teacher).
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 XNOR_STEPS = (19.0, 30.0, 44.0, 53.0, 66.0, 76.0, 86.0)
 # Real-to-Binary stages: the model options that make each stage, and its recipe.

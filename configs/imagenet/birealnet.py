@@ -23,7 +23,7 @@ Variants: `:model=birealnet34`; `:batch=1024` scales the lr linearly; `:runlocal
 few steps on synthetic 32x32 data. ReActNet's Bi-Real ResNet-18 (`reactnet_resnet18`) has
 its own two-step recipe in configs/imagenet/reactnet.py.
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 MODELS = ('birealnet18', 'birealnet34')
 BASE_LR, BASE_BATCH = 1e-3, 512

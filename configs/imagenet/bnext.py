@@ -32,7 +32,7 @@ Variants: `:model=bnext_small|bnext_middle|bnext_large`; `:teachers=A+B`; `:batc
 scales the lr linearly; `:runlocal` runs a few steps on synthetic 32x32 data (with two
 random ResNet-20 teachers taking turns).
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 SIZES = ('bnext_tiny', 'bnext_small', 'bnext_middle', 'bnext_large')
 

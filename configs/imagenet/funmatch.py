@@ -20,7 +20,7 @@ Without `teacher=DIR` the run stops with an error that asks for it.
 Variants: `:epochs=N`; `:batch=N` scales the lr linearly; `:runlocal` runs a few steps on
 synthetic 32x32 data, a ResNet-18 student and a random ResNet-20 teacher.
 """
-from mcj.config import parse_arg, runlocal_overrides
+from mcj.core.config import parse_arg, runlocal_overrides
 
 
 def get_config(arg=None):

@@ -27,7 +27,7 @@ MeliusNet, 1.25 for QuickNet) is ``binary.latent_clip``.
 Variants: `:model=meliusnet22`; `:batch=512` changes the batch and scales the lr linearly;
 `:runlocal` runs a few steps on synthetic 32x32 data.
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 
 def _densenet(batch, epochs, lr, steps):

@@ -11,7 +11,7 @@ momentum 0.9, weight decay 4e-5, 300 epochs, lr x0.98 after every epoch; Sandler
 2018 report 72.0.
 Variants: `:width=0.5` (width multiplier); `:runlocal` runs a few steps on synthetic data.
 """
-from mcj.config import parse_arg, runlocal_overrides
+from mcj.core.config import parse_arg, runlocal_overrides
 
 EPOCHS = 300
 

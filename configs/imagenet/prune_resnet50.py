@@ -19,7 +19,7 @@ Variants: `:sparsity=0.9`, `:distribution=erk` (Evci et al. 2020's layer-wise
 sparsities), `:batch=1024` scales the lr linearly; `:runlocal` runs a few steps on
 synthetic 32x32 data.
 """
-from mcj.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
 
 
 def get_config(arg=None):

@@ -31,7 +31,7 @@ every stage for a few steps on synthetic 32x32 data with a ResNet-20 teacher.
 """
 import os
 
-from mcj.config import ConfigError, load_config, parse_arg, runlocal_overrides
+from mcj.core.config import ConfigError, load_config, parse_arg, runlocal_overrides
 
 # Per model: (lr, batch) of the official 128-epoch run.sh.
 RECIPES = {'reactnet_a': (1.25e-3, 256), 'reactnet_resnet18': (2.5e-3, 512)}

@@ -13,7 +13,7 @@ weight decay 1e-4, 90 epochs, lr x0.1 every 30 epochs.
 Variants: `:model=resnet18`; `:batch=1024` scales the lr linearly; `:runlocal` runs a
 few steps on synthetic 64x64 data.
 """
-from mcj.config import parse_arg, runlocal_overrides
+from mcj.core.config import parse_arg, runlocal_overrides
 
 
 def get_config(arg=None):

@@ -14,30 +14,24 @@ dataset object with:
 ``digits`` and ``synthetic`` never import TensorFlow; every other name is a TFDS dataset,
 and TensorFlow is imported only then.
 """
-import dataclasses
+from mcj.core import registry
+from mcj.data import digits, synthetic  # noqa: F401  (they register themselves)
+from mcj.data.base import (DatasetInfo, epoch_permutation, host_slice, mixup,  # noqa: F401
+                           padded_eval_batches, stream_indices)
 
-import numpy as np
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  num_classes: int
-  image_shape: tuple  # (height, width, channels) of the model input
-  num_train_examples: int
-  num_eval_examples: int
-
-
-LOCAL_DATASETS = ('digits', 'synthetic')
+# The `data` config block: what every dataset may read (each reads what it needs).
+DEFAULTS = {'name': 'digits', 'data_dir': None, 'train_split': None, 'eval_split': None,
+            'image_size': None, 'channels': None, 'num_classes': None,
+            'num_train_examples': None, 'num_eval_examples': None,
+            'shuffle_buffer': None, 'augment': True}
 
 
 def _builder(name):
-  if name == 'digits':
-    from mcj.data import digits
-    return digits.DigitsDataset
-  if name == 'synthetic':
-    from mcj.data import synthetic
-    return synthetic.SyntheticDataset
-  from mcj.data import tfds
+  """A registered dataset (``digits``, ``synthetic``); any other name is a TFDS dataset,
+  and only then is TensorFlow imported."""
+  if registry.contains('dataset', name):
+    return registry.get('dataset', name)
+  from mcj.data import tfds  # pylint: disable=g-import-not-at-top
   return tfds.TfdsDataset
 
 
@@ -66,52 +60,3 @@ def model_input(data_config) -> tuple:
     return known[0], known[1] or (size, size, 3)
   info = get_dataset_info(data_config)
   return info.num_classes, tuple(info.image_shape)
-
-
-def host_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:
-  """This host's rows of a global batch; the batch must split evenly over hosts."""
-  if global_batch_size % process_count:
-    raise ValueError(
-        f'Global batch size {global_batch_size} is not divisible by the {process_count} '
-        'hosts: choose a batch size that is a multiple of the number of devices.')
-  per_host = global_batch_size // process_count
-  return slice(process_index * per_host, (process_index + 1) * per_host)
-
-
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The order of the examples in one epoch: a pure function of (seed, epoch)."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
-
-
-def stream_indices(num_examples: int, seed: int, step: int, batch_size: int) -> np.ndarray:
-  """Example indices of global batch ``step`` in the endless, epoch-shuffled stream."""
-  start = step * batch_size
-  positions = np.arange(start, start + batch_size)
-  epochs, offsets = np.divmod(positions, num_examples)
-  out = np.empty(batch_size, np.int64)
-  for epoch in np.unique(epochs):
-    sel = epochs == epoch
-    out[sel] = epoch_permutation(num_examples, seed, int(epoch))[offsets[sel]]
-  return out
-
-
-def padded_eval_batches(images, labels, global_batch_size, process_index, process_count):
-  """One pass over in-memory arrays; the last global batch is padded and masked."""
-  rows = host_slice(global_batch_size, process_index, process_count)
-  n = len(labels)
-  for start in range(0, n, global_batch_size):
-    idx = np.arange(start, start + global_batch_size)[rows]
-    mask = idx < n
-    idx = np.where(mask, idx, 0)
-    yield {'image': images[idx], 'label': labels[idx], 'mask': mask.astype(np.float32)}
-
-
-def mixup(rng, images, alpha: float):
-  """Mixup (Zhang et al. 2018) of one device's batch, inside the jitted step: returns
-  ``(lam * x + (1 - lam) * x[partner], partner, lam)`` with one lam ~ Beta(alpha, alpha)
-  per batch; the label loss is mixed with the same ``lam`` and ``partner``."""
-  import jax  # pylint: disable=g-import-not-at-top
-  lam_rng, perm_rng = jax.random.split(rng)
-  lam = jax.random.beta(lam_rng, alpha, alpha)
-  partner = jax.random.permutation(perm_rng, images.shape[0])
-  return lam * images + (1 - lam) * images[partner], partner, lam

@@ -6,7 +6,8 @@ training split's mean and standard deviation.
 """
 import numpy as np
 
-from mcj import data as data_lib
+from mcj.core import registry
+from mcj.data import base as data_lib
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
@@ -24,6 +25,7 @@ def _load_splits():
   return (x_train - mean) / std, y_train, (x_test - mean) / std, y_test
 
 
+@registry.register('dataset', 'digits')
 class DigitsDataset:
   """8x8x1 grey images, 10 classes, 1,437 train / 360 test."""
 

@@ -5,11 +5,13 @@ nothing next to the train step being measured.
 """
 import numpy as np
 
-from mcj import data as data_lib
+from mcj.core import registry
+from mcj.data import base as data_lib
 
 POOL_BATCHES = 4
 
 
+@registry.register('dataset', 'synthetic')
 class SyntheticDataset:
   """Options in ``config.data``: image_size, channels, num_classes, num_train_examples,
   num_eval_examples."""

@@ -36,8 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mcj import data as data_lib
-from mcj.config import ConfigError
+from mcj.data import base as data_lib
+from mcj.core.config import ConfigError
 
 try:
   tf.config.set_visible_devices([], 'GPU')

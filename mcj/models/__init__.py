@@ -1,19 +1,37 @@
-"""Models by registered name.
+"""Models by registered name (``registry.get('model', name)``).
 
-Each model file exports ``MODELS``, a dict from name to a constructor that takes
-``num_classes`` plus keyword options and returns a Flax linen module called as
-``model.apply(variables, images, train=bool)`` and returning float32 logits.
+``cnn/`` holds the float networks (ResNets, MobileNets), ``bnn/`` the binary zoo. Each
+model file registers a table of named variants, ``{'name': constructor}``; a constructor
+takes ``num_classes`` plus keyword options and returns a Flax linen module called as
+``model.apply(variables, images, train=bool)`` that returns float32 logits.
 """
-from mcj.config import ConfigError
-from mcj.models import (binary_densenet, binary_resnet, bnext, meliusnet, mobilenet, quicknet,
-                        reactnet, resnet)
+import dataclasses
 
-MODELS = {**resnet.MODELS, **mobilenet.MODELS, **binary_resnet.MODELS, **binary_densenet.MODELS,
-          **meliusnet.MODELS, **quicknet.MODELS, **reactnet.MODELS, **bnext.MODELS}
+from mcj.core import registry
+from mcj.core.config import ConfigError
+from mcj.models.bnn import (binary_densenet, binary_resnet, bnext, meliusnet, quicknet,  # noqa: F401
+                            reactnet)
+from mcj.models.cnn import mobilenet, resnet  # noqa: F401
 
 
-def get_model(name: str, num_classes: int, **kwargs):
-  """Returns the registered model ``name``; unknown names list the valid ones."""
-  if name not in MODELS:
-    raise ConfigError(f"Unknown model {name!r}. Available: {', '.join(sorted(MODELS))}.")
-  return MODELS[name](num_classes=num_classes, **kwargs)
+def get_model(name: str, num_classes: int, **options):
+  """The registered model ``name``; an unknown name or option is one ConfigError line that
+  lists the valid names or the model's real options."""
+  build = registry.get('model', name)
+  try:
+    return build(num_classes=num_classes, **options)
+  except TypeError:
+    valid = model_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+      raise ConfigError(f'Unknown option {unknown[0]!r} for model {name!r}. '
+                        f'Valid: {", ".join(valid)}.') from None
+    raise
+
+
+def model_options(name: str) -> list[str]:
+  """The keyword options model ``name`` takes (its module's fields, except Flax's own)."""
+  build = registry.get('model', name)
+  cls = getattr(build, 'func', build)
+  fields = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ('parent', 'name')]
+  return sorted(fields)

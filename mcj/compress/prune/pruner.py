@@ -1,6 +1,6 @@
 """Pruning as an optax wrapper: masks live in the optimizer state.
 
-``Pruner(config.prune, model, image_shape).wrap(tx)`` returns an optimizer whose state is
+``Pruner(config.prune, model, image_shape, total_steps).wrap(tx)`` returns an optimizer whose state is
 ``PruneState(count, masks, inner_state, rewind)``; checkpoints, resume and data
 parallelism need nothing else (the update is the same replicated computation on every
 device). Each update: (1) at a prune step, new masks from the scores of the algorithm;
@@ -41,10 +41,13 @@ layer (``exclude_first_last``), filtered by regular expressions on their path
 (``include``, ``exclude``; e.g. ``'stage1/.*'``). Per-layer sparsities (``distribution``):
 uniform, or ERK (Evci et al. 2020: density proportional to (sum of dims) / (product of
 dims), dense where that exceeds 1). A pruned weight of a quantized layer computes as 0 (not
-sign(0) = +1): see ``layers._QuantKernel``.
+sign(0) = +1): see ``mcj.nn.layers.QuantKernel``.
 """
+import copy
 import dataclasses
+import json
 import math
+import os
 import re
 from typing import Any, NamedTuple
 
@@ -54,8 +57,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mcj import layers as layers_lib
-from mcj.config import ConfigError
+from mcj.analysis import summary as summary_lib
+from mcj.compress.prune import DEFAULTS
+from mcj.core import checkpoint as checkpoint_lib
+from mcj.core import tree as tree_lib
+from mcj.nn import inspect
+from mcj.core.config import ConfigError
 
 ALGORITHMS = ('magnitude', 'global_magnitude', 'random', 'saliency', 'n_m', 'channel',
               'slimming')
@@ -82,11 +89,11 @@ class Target:
 def find_targets(model: nn.Module, image_shape, *, include=(), exclude=(),
                  exclude_first_last=True) -> list[Target]:
   """The kernels a pruner may touch, in call order, with their channel followers."""
-  variables, calls = layers_lib.trace_layers(model, image_shape)
+  variables, calls = inspect.trace_layers(model, image_shape)
   params = variables['params']
   kernels, seen = [], set()
   for index, (module, _, out) in enumerate(calls):
-    own = layers_lib.own_params(params, module.path)
+    own = tree_lib.own_params(params, module.path)
     kernel = own.get('kernel')
     if kernel is None or kernel.ndim < 2 or module.path in seen:
       continue
@@ -97,7 +104,7 @@ def find_targets(model: nn.Module, image_shape, *, include=(), exclude=(),
       followers.append(module.path + ('bias',))
     for later, inp, _ in calls[index + 1:]:  # the BatchNorm applied to this output
       if inp is out and isinstance(later, nn.BatchNorm):
-        bn = layers_lib.own_params(params, later.path)
+        bn = tree_lib.own_params(params, later.path)
         followers += [later.path + (k,) for k in ('scale', 'bias') if k in bn]
         bn_scale = later.path + ('scale',) if 'scale' in bn else None
         break
@@ -418,6 +425,39 @@ class Pruner:
     kept = sum(jnp.sum(_get(masks, t.path)) for t in self.targets)
     total = sum(math.prod(t.shape) for t in self.targets)
     return 1.0 - kept / total
+
+  def finish(self, *, model, variables, config, workdir, step, image_shape, dense_summary,
+             say) -> dict:
+    """End-of-run work: channel pruning really shrinks the network, so the dense smaller
+    model it leaves is rebuilt and saved as a workdir of its own, ``<workdir>/rebuilt``
+    (init_from, a teacher or ``mcj.summary --workdir`` can use it). Returns what goes into
+    results.json."""
+    if self.algorithm not in CHANNEL_ALGORITHMS:
+      return {}
+    rebuilt = rebuild(model, variables)
+    if not rebuilt:
+      return {}
+    small_model, small_variables = rebuilt
+    small = summary_lib.summarize(small_model, image_shape)
+    rebuilt_model = {**config.model.to_dict(),  # the option shrink set (ResNet, MobileNetV2)
+                     **{k: list(getattr(small_model, k)) for k in ('inner_widths',
+                                                                    'hidden_widths')
+                        if getattr(small_model, k, None) is not None}}
+    rebuilt_dir = os.path.join(workdir, 'rebuilt')
+    if jax.process_index() == 0:
+      os.makedirs(rebuilt_dir, exist_ok=True)
+      small_config = config.to_dict()
+      small_config.update(model=rebuilt_model, prune=copy.deepcopy(DEFAULTS))
+      with open(os.path.join(rebuilt_dir, 'config.json'), 'w') as f:
+        json.dump(small_config, f, indent=2, sort_keys=True)
+    small_checkpointer = checkpoint_lib.Checkpointer(rebuilt_dir, keep=1)
+    small_checkpointer.save(step, {'step': np.asarray(step, np.int32), **small_variables})
+    small_checkpointer.close()
+    say(f'mcj: rebuilt without the pruned channels in {rebuilt_dir}: {small["params"]:,} '
+        f'params, {small["macs"]:,} MACs (dense: {dense_summary["params"]:,}, '
+        f'{dense_summary["macs"]:,}).')
+    return {'rebuilt_params': small['params'], 'rebuilt_macs': small['macs'],
+            'rebuilt_model': rebuilt_model}
 
   def describe(self) -> str:
     return (f'prune: {self.algorithm}, {self.config.schedule}, target sparsity '

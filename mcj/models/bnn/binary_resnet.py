@@ -2,7 +2,7 @@
 and IR-Net's ResNet-20 / ResNet-18 / VGG-Small (CIFAR-10).
 
 Every model binarizes its 3x3 convolutions with ``layers.QuantConv`` (both quantizers set,
-so ``mcj.summary`` and ``layers.binary_kernel_mask`` see 1-bit layers) and keeps the first
+so ``mcj.summary`` and ``inspect.binary_kernel_mask`` see 1-bit layers) and keeps the first
 conv, the downsampling shortcuts and the classifier in full precision, as each paper does.
 ``input_quantizer`` / ``kernel_quantizer`` / ``kernel_scale`` default to the paper's choice;
 ``input_quantizer=None, kernel_quantizer=None`` builds the float twin of the same network
@@ -21,7 +21,9 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.nn import blocks
+from mcj.nn import layers
 
 conv_init = layers.conv_init
 dense_init = layers.dense_init
@@ -43,7 +45,7 @@ class _Options(nn.Module):
                 kernel_scale=self.kernel_scale)
 
   def bn(self, train, name=None):
-    return layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+    return blocks.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
 
   def binary_conv(self, features, kernel=3, stride=1, name=None):
     """The quantized conv (float when both quantizers are None)."""
@@ -168,12 +170,12 @@ class ReActBlock(_Options):
 
   @nn.compact
   def __call__(self, x, train=False):
-    y = layers.LearnableBias(self.dtype, name='rsign_shift')(x)
+    y = blocks.LearnableBias(self.dtype, name='rsign_shift')(x)
     y = self.binary_conv(self.features, 3, self.stride, name='conv')(y)
     y = self.bn(train, name='bn')(y)
     if self.stride != 1 or x.shape[-1] != self.features:
       x = self.pooled_shortcut(x, self.features, self.stride, train)
-    return layers.RPReLU(self.dtype, name='rprelu')(x + y)
+    return blocks.RPReLU(self.dtype, name='rprelu')(x + y)
 
 
 class BiRealNet(_Options):
@@ -409,3 +411,4 @@ MODELS = {
         block=IRNetBasicBlock, stem_hardtanh=False),
     'binary_vgg_small': VGGSmall,
 }
+registry.add_all('model', MODELS)

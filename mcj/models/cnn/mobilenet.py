@@ -11,7 +11,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.core import tree as tree_lib
+from mcj.nn import blocks
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_init = nn.initializers.normal(0.01)
@@ -42,7 +44,7 @@ class ConvBN(nn.Module):
                 (self.stride, self.stride), padding=((p, p), (p, p)),
                 feature_group_count=self.groups, use_bias=False,
                 kernel_init=conv_init, dtype=self.dtype, name='conv')(x)
-    x = layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
+    x = blocks.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
                           momentum=self.bn_momentum, epsilon=self.bn_epsilon, name='bn')(x)
     return x if self.act is None else self.act(x)
 
@@ -162,8 +164,8 @@ class MobileNetV2(nn.Module):
   def shrink(self, variables):
     """The dense smaller MobileNetV2 without the expanded channels that channel pruning
     zeroed (expand BN scale and bias both 0), and its variables; same outputs."""
-    params = layers.numpy_tree(variables['params'])
-    stats = layers.numpy_tree(variables.get('batch_stats', {}))
+    params = tree_lib.numpy_tree(variables['params'])
+    stats = tree_lib.numpy_tree(variables.get('batch_stats', {}))
     blocks = sorted((k for k in params if k.startswith('block')), key=lambda k: int(k[5:]))
     hidden = []
     for name in blocks:
@@ -296,3 +298,4 @@ MODELS = {
     'mobilenet_v3_small': functools.partial(MobileNetV3, settings=V3_SMALL,
                                             last_channel=1024),
 }
+registry.add_all('model', MODELS)

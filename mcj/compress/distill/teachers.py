@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcj import checkpoint as checkpoint_lib
-from mcj import distill
-from mcj import features as features_lib
-from mcj.config import ConfigError
+from mcj.core import checkpoint as checkpoint_lib
+from mcj.compress.distill import losses as distill
+from mcj.compress.distill import features as features_lib
+from mcj.core.config import ConfigError
 
 TEACHER_KEYS = {'init_from': '', 'model': None, 'weight': 1.0, 'start': 0.0, 'end': 1.0,
                 'compute_dtype': ''}

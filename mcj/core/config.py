@@ -48,7 +48,7 @@ def _parse_value(text: str, current, key: str):
   except (ValueError, SyntaxError):
     if current is None:
       return text  # an unset field takes a plain string
-    raise ConfigError(f'{key} expects a {type(current).__name__}, got {text!r}.') from None
+    raise ConfigError(f'{key} expects {article(type(current).__name__)}, got {text!r}.') from None
   if current is None:
     return value
   if isinstance(current, float) and isinstance(value, int):
@@ -56,8 +56,13 @@ def _parse_value(text: str, current, key: str):
   if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
     return type(current)(value)
   if type(value) is not type(current):
-    raise ConfigError(f'{key} expects a {type(current).__name__}, got {text!r}.')
+    raise ConfigError(f'{key} expects {article(type(current).__name__)}, got {text!r}.')
   return value
+
+
+def article(type_name: str) -> str:
+  """'an int', 'a float': for messages that name a type."""
+  return f'an {type_name}' if type_name[0] in 'aeiou' else f'a {type_name}'
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

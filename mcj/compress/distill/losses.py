@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcj.config import ConfigError
+from mcj.core.config import ConfigError
 
 # F.normalize's epsilon (attention-transfer and RKD code): x / max(||x||_2, 1e-12).
 _NORMALIZE_EPS = 1e-12

@@ -14,7 +14,10 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.core import tree as tree_lib
+from mcj.nn import blocks
+from mcj.nn import layers
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 # torch.nn.Linear's default weight init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -33,7 +36,7 @@ class _Layers(nn.Module):
                    kernel_init=conv_init, dtype=self.dtype, name=name)
 
   def bn(self, train, name=None):
-    return layers.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+    return blocks.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
 
 
 class BasicBlock(_Layers):
@@ -140,8 +143,8 @@ class ResNet(_Layers):
     """The dense smaller ResNet and its variables, without the block-internal channels
     that channel pruning zeroed (BatchNorm scale and bias both 0: the channel outputs 0).
     Its outputs equal the pruned model's."""
-    params = layers.numpy_tree(variables['params'])
-    stats = layers.numpy_tree(variables.get('batch_stats', {}))
+    params = tree_lib.numpy_tree(variables['params'])
+    stats = tree_lib.numpy_tree(variables.get('batch_stats', {}))
     pairs = (('conv1', 'bn1', 'conv2'), ('conv2', 'bn2', 'conv3')) if self._bottleneck() else (
         ('conv1', 'bn1', 'conv2'),)
     inner = []
@@ -183,3 +186,4 @@ MODELS = {
     'resnet18_cifar': functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
                                         stem='cifar'),
 }
+registry.add_all('model', MODELS)

@@ -23,7 +23,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.nn import blocks
+from mcj.nn import layers
 
 QUANTIZER = 'ste_sign(clip_value=1.3)'
 he_normal = nn.initializers.he_normal()
@@ -49,7 +51,7 @@ class BinaryDenseNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = functools.partial(layers.batch_norm, train, axis_name=self.bn_axis_name,
+    bn = functools.partial(blocks.batch_norm, train, axis_name=self.bn_axis_name,
                            dtype=self.dtype)
     fp_conv = functools.partial(layers.QuantConv, padding='SAME', kernel_init=he_normal,
                                 dtype=self.dtype)
@@ -100,3 +102,4 @@ MODELS = {
     'binary_densenet45': functools.partial(
         BinaryDenseNet, section_layers=(6, 12, 14, 8), reduction=(2.7, 3.3, 4.0)),
 }
+registry.add_all('model', MODELS)

@@ -26,7 +26,7 @@ import re
 
 import ml_collections
 
-from mcj.config import ConfigError
+from mcj.core.config import ConfigError
 
 STAGE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 

@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mcj import layers
+from mcj.core import registry
+from mcj.nn import blocks
+from mcj.nn import layers
 
 QUANTIZER = 'ste_sign(clip_value=1.25)'
 he_normal = nn.initializers.he_normal()
@@ -60,7 +62,7 @@ class QuickNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = functools.partial(layers.batch_norm, train, axis_name=self.bn_axis_name,
+    bn = functools.partial(blocks.batch_norm, train, axis_name=self.bn_axis_name,
                            dtype=self.dtype)
     keras_bn = functools.partial(bn, momentum=0.99, epsilon=1e-3)
     conv = functools.partial(layers.QuantConv, padding='SAME', dtype=self.dtype)
@@ -104,3 +106,4 @@ MODELS = {
     'quicknet_large': functools.partial(QuickNet, section_blocks=(6, 8, 12, 6),
                                         section_filters=(64, 128, 256, 512)),
 }
+registry.add_all('model', MODELS)

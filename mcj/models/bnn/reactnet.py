@@ -34,7 +34,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.nn import blocks
+from mcj.nn import layers
 
 # Output channels of the stem and the 13 blocks; stride 2 where channels change (but not
 # into the first block, 32 -> 64), as the official ``stage_out_channel``.
@@ -43,7 +45,7 @@ REACTNET_A_CHANNELS = (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512,
 
 def _batch_norm(train, dtype, axis_name, name):
   # torch BatchNorm2d defaults: momentum 0.1 (0.9 here), eps 1e-5.
-  return layers.batch_norm(train, axis_name=axis_name, dtype=dtype, name=name)
+  return blocks.batch_norm(train, axis_name=axis_name, dtype=dtype, name=name)
 
 
 class ReActBlock(nn.Module):
@@ -67,12 +69,12 @@ class ReActBlock(nn.Module):
         pad_value=self.pad_value, dtype=self.dtype)
     bn = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
 
-    y = layers.LearnableBias(self.dtype, name='rsign_3x3')(x)
+    y = blocks.LearnableBias(self.dtype, name='rsign_3x3')(x)
     y = bn('bn_3x3')(conv(cin, 3, self.strides, padding=1, name='conv_3x3')(y))
     shortcut = nn.avg_pool(x, (2, 2), (2, 2)) if self.strides == 2 else x
-    y = layers.RPReLU(self.dtype, name='rprelu_3x3')(y + shortcut)
+    y = blocks.RPReLU(self.dtype, name='rprelu_3x3')(y + shortcut)
 
-    z = layers.LearnableBias(self.dtype, name='rsign_1x1')(y)
+    z = blocks.LearnableBias(self.dtype, name='rsign_1x1')(y)
     if self.features == cin:
       out = bn('bn_1x1')(conv(cin, 1, padding=0, name='conv_1x1')(z)) + y
     elif self.features == 2 * cin:
@@ -81,7 +83,7 @@ class ReActBlock(nn.Module):
            for i in (1, 2)], axis=-1)
     else:
       raise ValueError(f'A ReActNet block keeps or doubles channels: {cin} -> {self.features}.')
-    return layers.RPReLU(self.dtype, name='rprelu_1x1')(out)
+    return blocks.RPReLU(self.dtype, name='rprelu_1x1')(out)
 
 
 class ReActNetA(nn.Module):
@@ -113,3 +115,4 @@ class ReActNetA(nn.Module):
 
 
 MODELS = {'reactnet_a': functools.partial(ReActNetA)}
+registry.add_all('model', MODELS)

@@ -37,7 +37,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.nn import blocks
+from mcj.nn import layers
 
 
 def _stage(widths_and_repeats):
@@ -62,7 +64,7 @@ binary_kernel_init = nn.initializers.normal(1e-3)  # official: randn * 0.001
 
 def _batch_norm(train, dtype, axis_name, name):
   # torch BatchNorm2d defaults: momentum 0.1 (0.9 here), eps 1e-5.
-  return layers.batch_norm(train, axis_name=axis_name, dtype=dtype, name=name)
+  return blocks.batch_norm(train, axis_name=axis_name, dtype=dtype, name=name)
 
 
 class PReLU(nn.Module):
@@ -114,7 +116,7 @@ class Processor(nn.Module):
     bn = functools.partial(_batch_norm, train, self.dtype, self.bn_axis_name)
     pool = (lambda t: nn.avg_pool(t, (2, 2), (2, 2))) if self.strides == 2 else (lambda t: t)
 
-    y = layers.LearnableBias(self.dtype, name='shift')(x)
+    y = blocks.LearnableBias(self.dtype, name='shift')(x)
     y = layers.QuantConv(
         self.features, self.kernel_size, self.strides, padding=self.kernel_size // 2,
         input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
@@ -200,3 +202,4 @@ class BNext(nn.Module):
 
 MODELS = {f'bnext_{size}': functools.partial(BNext, channels=channels)
           for size, channels in CHANNELS.items()}
+registry.add_all('model', MODELS)

@@ -41,7 +41,6 @@ annealed weights) read ``current_progress()``, the fraction of training done in 
 which the trainer sets around the model call with ``training_progress(step / total)``;
 outside it (evaluation, export) progress is 1.
 """
-import ast
 import contextlib
 import contextvars
 import functools
@@ -52,7 +51,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mcj.config import ConfigError
+from mcj.core import registry
+from mcj.core.config import ConfigError
 
 Quantizer = Callable[[jax.Array], jax.Array]
 
@@ -156,6 +156,7 @@ def _ste_sign_bwd(clip_value, x, g):
 _ste_sign.defvjp(_ste_sign_fwd, _ste_sign_bwd)
 
 
+@registry.register('quantizer', 'ste_sign')
 def ste_sign(clip_value: float = 1.0) -> Quantizer:
   """Sign with the straight-through estimator (Hubara et al. 2016, BinaryNet).
 
@@ -181,6 +182,7 @@ def _approx_sign_bwd(x, g):
 _approx_sign.defvjp(_approx_sign_fwd, _approx_sign_bwd)
 
 
+@registry.register('quantizer', 'approx_sign')
 def approx_sign() -> Quantizer:
   """Sign with Bi-Real Net's piecewise-polynomial gradient (Liu et al. 2018, eq. 6).
 
@@ -194,6 +196,7 @@ def _swish_sign_derivative(x, beta):
   return beta * (2 - bx * jnp.tanh(bx / 2)) / (1 + jnp.cosh(bx))
 
 
+@registry.register('quantizer', 'swish_sign')
 def swish_sign(beta: float = 5.0) -> Quantizer:
   """Sign with the SignSwish gradient (Darabi et al. 2018, BNN+; larq ``swish_sign``).
 
@@ -206,6 +209,7 @@ def swish_sign(beta: float = 5.0) -> Quantizer:
   return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1, 'swish_sign')
 
 
+@registry.register('quantizer', 'magnitude_aware_sign')
 def magnitude_aware_sign(clip_value: float = 1.0) -> Quantizer:
   """Bi-Real Net's magnitude-aware weight sign (Liu et al. 2018; larq ``magnitude_aware_sign``).
 
@@ -222,6 +226,7 @@ def magnitude_aware_sign(clip_value: float = 1.0) -> Quantizer:
   return _with_precision(quantize, 1, 'magnitude_aware_sign')
 
 
+@registry.register('quantizer', 'ste_heaviside')
 def ste_heaviside(clip_value: float = 1.0) -> Quantizer:
   """Step function with values {0, 1} (larq ``ste_heaviside``).
 
@@ -237,6 +242,7 @@ def ste_heaviside(clip_value: float = 1.0) -> Quantizer:
   return _with_precision(lambda x: _elementwise(forward, derivative, x), 1, 'ste_heaviside')
 
 
+@registry.register('quantizer', 'hard_sign')
 def hard_sign(clip_value: float = 1.5) -> Quantizer:
   """BNext's activation binarizer ``HardSign(range=[-1.5, 1.5])`` (Guo et al. 2022,
   hpi-xnor/BNext ``src/bnext.py``).
@@ -269,6 +275,7 @@ def _check_ede(t_min, t_max):
   _check(0 < t_min <= t_max, f'ede needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}.')
 
 
+@registry.register('quantizer', 'ede')
 def ede(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
   """Sign with IR-Net's error-decay estimator (Qin et al. 2020; htqin/IR-Net).
 
@@ -284,6 +291,7 @@ def ede(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
   return _with_precision(lambda x: _ede_sign(x, t_min, t_max), 1, 'ede')
 
 
+@registry.register('quantizer', 'irnet_weight')
 def irnet_weight(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
   """IR-Net's weight binarizer (Qin et al. 2020, Libra-PB; htqin/IR-Net ``IRConv2d``).
 
@@ -320,6 +328,7 @@ def _bnext_forward(w, temperature):
                    soft).astype(w.dtype)
 
 
+@registry.register('quantizer', 'bnext_weight')
 def bnext_weight(decay: float = 0.9, epochs: int = 512) -> Quantizer:
   """BNext's temperature-annealed weight binarizer (Guo et al. 2022; hpi-xnor/BNext
   ``HardBinaryConv`` and ``adjust_temperature`` in ``train_assistant_group_amp.py``).
@@ -347,6 +356,7 @@ def bnext_weight(decay: float = 0.9, epochs: int = 512) -> Quantizer:
 
 
 # ----------------------------------------------------------------------------- ternary, k-bit
+@registry.register('quantizer', 'ste_tern')
 def ste_tern(threshold_value: float = 0.05, ternary_weight_networks: bool = False,
              clip_value: float = 1.0) -> Quantizer:
   """Ternarization with the straight-through estimator (larq ``ste_tern``).
@@ -383,6 +393,7 @@ def _round_k_bit(x, k_bit):
   return jnp.round(x * n) / n
 
 
+@registry.register('quantizer', 'dorefa')
 def dorefa(k_bit: int = 2, mode: str = 'activations') -> Quantizer:
   """DoReFa-Net k-bit quantizer (Zhou et al. 2016; larq ``DoReFa``).
 
@@ -416,6 +427,7 @@ def dorefa(k_bit: int = 2, mode: str = 'activations') -> Quantizer:
   return _with_precision(activations if mode == 'activations' else weights, k_bit, 'dorefa')
 
 
+@registry.register('quantizer', 'noop')
 def noop(precision: int = 32) -> Quantizer:
   """The identity, declaring ``precision`` bits (larq ``NoOp``): for tensors that are
   already quantized, or to count a layer at a given precision in the summary."""
@@ -440,6 +452,7 @@ class LearnedThresholdSign(nn.Module):
     return self.sign(x - threshold.astype(x.dtype))
 
 
+@registry.register('quantizer', 'rsign')
 def rsign(quantizer: Any = 'approx_sign') -> Quantizer:
   """ReActNet's RSign (Liu et al. 2020): a learned per-channel threshold, then ``quantizer``
   (default ``approx_sign``, the gradient ReActNet's ``BinaryActivation`` uses). Builds a
@@ -516,6 +529,7 @@ class LSQ(nn.Module):
     return _lsq(x, step, qn, qp, 1 / math.sqrt(x.size * qp))
 
 
+@registry.register('quantizer', 'lsq')
 def lsq(bits: int = 4, signed: bool = True, step_init: float | None = None) -> Quantizer:
   """LSQ k-bit quantizer with a learned step size (Esser et al. 2020); see ``LSQ``.
 
@@ -573,6 +587,7 @@ class PACT(nn.Module):
     return _pact(x, alpha, self.bits)
 
 
+@registry.register('quantizer', 'pact')
 def pact(bits: int = 4, alpha_init: float = 10.0) -> Quantizer:
   """PACT k-bit activation quantizer with a learned clipping level; see ``PACT``."""
   _check(isinstance(bits, int) and bits >= 1, f'pact needs an integer bits >= 1, got {bits!r}.')
@@ -585,55 +600,18 @@ def pact(bits: int = 4, alpha_init: float = 10.0) -> Quantizer:
   return _with_precision(quantize, bits, 'pact')
 
 
-# ----------------------------------------------------------------------------- registry
-QUANTIZERS: dict[str, Callable[..., Quantizer]] = {
-    'ste_sign': ste_sign,
-    'approx_sign': approx_sign,
-    'swish_sign': swish_sign,
-    'magnitude_aware_sign': magnitude_aware_sign,
-    'ste_heaviside': ste_heaviside,
-    'hard_sign': hard_sign,
-    'ste_tern': ste_tern,
-    'dorefa': dorefa,
-    'ede': ede,
-    'irnet_weight': irnet_weight,
-    'bnext_weight': bnext_weight,
-    'rsign': rsign,
-    'lsq': lsq,
-    'pact': pact,
-    'noop': noop,
-}
-
-
+# ----------------------------------------------------------------------------- lookup
 def get(name: str, **kwargs) -> Quantizer:
   """The quantizer ``name`` built with ``kwargs``; unknown names list the valid ones."""
-  if name not in QUANTIZERS:
-    raise ConfigError(f'Unknown quantizer {name!r}. Available: {", ".join(sorted(QUANTIZERS))}.')
-  try:
-    return QUANTIZERS[name](**kwargs)
-  except TypeError as e:
-    raise ConfigError(f'Bad option for quantizer {name!r}: {e}.') from None
+  return registry.build('quantizer', {'name': name, **kwargs})
 
 
 def resolve(spec) -> Quantizer | None:
   """``None``/``''``/``'none'`` -> None; a callable -> itself; ``'name(k=v, ...)'`` -> get()."""
   if spec is None or callable(spec):
     return spec
+  if isinstance(spec, str) and spec.strip().lower() in ('', 'none'):
+    return None
   if not isinstance(spec, str):
     raise ConfigError(f'A quantizer is a name such as "ste_sign(clip_value=1.5)", got {spec!r}.')
-  text = spec.strip()
-  if text.lower() in ('', 'none'):
-    return None
-  name, paren, rest = text.partition('(')
-  kwargs = {}
-  if paren:
-    if not rest.endswith(')'):
-      raise ConfigError(f'Bad quantizer spec {spec!r}: expected name(key=value, ...).')
-    try:
-      call = ast.parse(f'f({rest}', mode='eval').body
-      if call.args:
-        raise ValueError('use key=value')
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as e:
-      raise ConfigError(f'Bad quantizer spec {spec!r}: {e}; expected name(key=value, ...).') from None
-  return get(name.strip(), **kwargs)
+  return registry.build('quantizer', spec)

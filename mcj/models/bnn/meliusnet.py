@@ -26,7 +26,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mcj import layers
+from mcj.core import registry
+from mcj.nn import blocks
+from mcj.nn import layers
 
 QUANTIZER = 'ste_sign(clip_value=1.3)'
 GROWTH = 64
@@ -63,7 +65,7 @@ class MeliusNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = functools.partial(layers.batch_norm, train, axis_name=self.bn_axis_name,
+    bn = functools.partial(blocks.batch_norm, train, axis_name=self.bn_axis_name,
                            dtype=self.dtype)
     fp_conv = functools.partial(layers.QuantConv, padding='SAME', kernel_init=glorot_normal,
                                 dtype=self.dtype)
@@ -113,3 +115,4 @@ MODELS = {
     'meliusnet59': functools.partial(MeliusNet, section_blocks=(6, 12, 24, 12),
                                      transition_features=(192, 320, 544)),
 }
+registry.add_all('model', MODELS)

@@ -80,7 +80,7 @@ def load_variables(path: str) -> dict:
 
 
 def _find_step_dir(path: str) -> str:
-  from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from mcj.core.config import ConfigError  # pylint: disable=g-import-not-at-top
   for candidate in (os.path.join(path, 'checkpoints'), path):
     if os.path.isdir(os.path.join(candidate, 'default')):
       return candidate
@@ -96,7 +96,7 @@ def _find_step_dir(path: str) -> str:
 def fit_variables(target, loaded, source: str):
   """``loaded`` arranged as ``target`` (same tree, shapes, dtypes); a mismatch is one
   ConfigError listing the missing, unexpected and wrongly shaped entries."""
-  from mcj.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from mcj.core.config import ConfigError  # pylint: disable=g-import-not-at-top
   flat_target = _flat(target)
   flat_loaded = _flat(loaded)
   missing = sorted(set(flat_target) - set(flat_loaded))

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mcj.config import ConfigError
+from mcj.core.config import ConfigError
 
 AXIS = 'data'
 

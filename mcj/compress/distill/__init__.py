@@ -1,0 +1,16 @@
+"""Knowledge distillation: losses (``losses``), stage features of any model (``features``),
+and frozen teachers plus the objective of the trainer's ``distill`` block (``teachers``)."""
+
+# The `distill` config block. Each teacher is a dict: init_from (its mcj workdir or
+# checkpoint; 'random' for benchmarks), model (default: the one in that workdir's
+# config.json), weight, start / end (fractions of training when it teaches), compute_dtype
+# ('' = the run's). Loss = label_weight * CE(labels) + logit_weight * logit_loss +
+# feature_weight * feature_loss, averaged over teachers.
+DEFAULTS = {'teachers': (), 'label_weight': 1.0,
+            'logit_loss': 'kd',        # kd | distribution | dist | ''
+            'logit_weight': 1.0, 'temperature': 4.0, 'dist_beta': 1.0, 'dist_gamma': 1.0,
+            'feature_loss': '',        # fitnet | at | real_to_binary | rkd | ''
+            'feature_weight': 1.0,
+            'feature_stages': 4,       # the deepest resolutions both models share
+            'feature_blocks': False,   # every block output there, not just the last
+            'rkd_distance_weight': 25.0, 'rkd_angle_weight': 50.0}

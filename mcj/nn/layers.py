@@ -1,0 +1,169 @@
+"""Quantized layers: larq's API in Flax.
+
+``QuantConv`` / ``QuantDense`` / ``QuantDepthwiseConv`` quantize their input with
+``input_quantizer`` and their latent float kernel with ``kernel_quantizer`` (a name such as
+``'ste_sign'``, a spec ``'ste_sign(clip_value=1.5)'``, a function from
+``mcj.quant.quantizers``, or None for full precision), then optionally scale the quantized
+kernel per output channel: ``kernel_scale='xnor'`` multiplies by mean|W| (Rastegari et al.
+2016; Bi-Real's magnitude-aware sign; ReActNet), treated as a constant in the backward pass
+as the official code does, and ``'learned'`` by a trained per-channel factor (XNOR-Net++),
+kept as its own param. ``pad_value`` pads the quantized input with a constant (larq's
+``pad_values``: 1.0 keeps a binary conv's input in {-1, +1}).
+
+Latent weights are float params; what the network computes with is
+``quantized_kernel(kernel)``, which the layer also sows (collection
+``quantized_kernels``) for ``mcj.nn.inspect.inference_params``.
+"""
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mcj.quant import quantizers
+
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+dense_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+KERNEL_SCALES = ('none', 'xnor', 'learned')
+
+def _pairs(value, n=2):
+  return tuple(value) if isinstance(value, Sequence) else (value,) * n
+
+
+class QuantKernel(nn.Module):
+  """Shared by the quantized layers: resolves quantizers and quantizes the kernel."""
+
+  def input_q(self):
+    return quantizers.resolve(self.input_quantizer)
+
+  def kernel_q(self):
+    return quantizers.resolve(self.kernel_quantizer)
+
+  def quantized_kernel(self, kernel):
+    """The kernel the layer computes with (float32): q(W), times the per-channel scale."""
+    if self.kernel_scale not in KERNEL_SCALES:
+      raise ValueError(f'kernel_scale must be one of {KERNEL_SCALES}, got {self.kernel_scale!r}.')
+    q = self.kernel_q()
+    # A pruned latent weight (exactly 0) computes as 0, not as sign(0) = +1.
+    out = kernel if q is None else jnp.where(kernel == 0, 0.0, q(kernel))
+    if self.kernel_scale == 'xnor':
+      axes = tuple(range(kernel.ndim - 1))
+      out = out * jax.lax.stop_gradient(jnp.mean(jnp.abs(kernel), axis=axes))
+    # What inference stores as the kernel (see inspect.inference_params); a learned scale
+    # stays a param of its own.
+    self.sow('quantized_kernels', 'kernel', out, reduce_fn=lambda _, b: b)
+    if self.kernel_scale == 'learned':
+      out = out * self.param('kernel_scale', nn.initializers.ones, (kernel.shape[-1],))
+    return out
+
+  def quantize_input(self, x):
+    q = self.input_q()
+    return x if q is None else q(x)
+
+
+class QuantConv(QuantKernel):
+  """2-D convolution with quantized input and kernel (larq ``QuantConv2D``).
+
+  ``padding`` is an int (symmetric, torch style), explicit pairs, or 'SAME' / 'VALID'.
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: Any = 'SAME'
+  feature_group_count: int = 1
+  kernel_dilation: int | Sequence[int] = 1
+  use_bias: bool = False
+  input_quantizer: Any = None
+  kernel_quantizer: Any = None
+  kernel_scale: str = 'none'
+  pad_value: float = 0.0
+  kernel_init: Callable = conv_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    ksize, strides = _pairs(self.kernel_size), _pairs(self.strides)
+    dilation = _pairs(self.kernel_dilation)
+    cin = x.shape[-1]
+    if cin % self.feature_group_count:
+      raise ValueError(f'{cin} input channels do not split into {self.feature_group_count} groups.')
+    kernel = self.param('kernel', self.kernel_init,
+                        (*ksize, cin // self.feature_group_count, self.features), jnp.float32)
+    x = self.quantize_input(x.astype(self.dtype))
+    effective = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilation))
+    pads = _explicit_padding(self.padding, x.shape[1:3], effective, strides)
+    if self.pad_value and pads != 'VALID':
+      x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=self.pad_value)
+      pads = 'VALID'
+    y = jax.lax.conv_general_dilated(
+        x, self.quantized_kernel(kernel).astype(self.dtype), strides, pads,
+        rhs_dilation=dilation, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=self.feature_group_count)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
+          self.dtype)
+    return y
+
+
+class QuantDepthwiseConv(nn.Module):
+  """Depthwise convolution (one filter per input channel, ``depth_multiplier`` outputs each)."""
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: Any = 'SAME'
+  depth_multiplier: int = 1
+  use_bias: bool = False
+  input_quantizer: Any = None
+  kernel_quantizer: Any = None
+  kernel_scale: str = 'none'
+  pad_value: float = 0.0
+  kernel_init: Callable = conv_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    return QuantConv(
+        cin * self.depth_multiplier, self.kernel_size, self.strides, self.padding,
+        feature_group_count=cin, use_bias=self.use_bias,
+        input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
+        kernel_scale=self.kernel_scale, pad_value=self.pad_value,
+        kernel_init=self.kernel_init, dtype=self.dtype, name='conv')(x)
+
+
+class QuantDense(QuantKernel):
+  """Dense layer with quantized input and kernel (larq ``QuantDense``)."""
+  features: int
+  use_bias: bool = True
+  input_quantizer: Any = None
+  kernel_quantizer: Any = None
+  kernel_scale: str = 'none'
+  kernel_init: Callable = dense_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    x = self.quantize_input(x.astype(self.dtype))
+    y = x @ self.quantized_kernel(kernel).astype(self.dtype)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
+          self.dtype)
+    return y
+
+
+def _explicit_padding(padding, spatial, ksize, strides):
+  """Padding as ((lo, hi), (lo, hi)) pairs, or 'VALID'."""
+  if isinstance(padding, str):
+    if padding.upper() == 'VALID':
+      return 'VALID'
+    if padding.upper() != 'SAME':
+      raise ValueError(f'padding must be an int, pairs, SAME or VALID, got {padding!r}.')
+    pads = []
+    for n, k, s in zip(spatial, ksize, strides):
+      total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+      pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+  if isinstance(padding, int):
+    return ((padding, padding), (padding, padding))
+  return tuple(_pairs(p) for p in padding)

@@ -1,0 +1,369 @@
+"""The one trainer: ``python -m mcj.train --config configs/quickstart.py --workdir DIR``.
+
+``train_and_evaluate`` reads top to bottom: config -> the experiment (hosts and devices,
+data, model, optimizer, methods) -> state and checkpoint restore -> the train loop with
+logs, evals and saves -> final eval, the methods' end-of-run work and results. Each step is
+a function other code calls on its own: ``build`` (an ``Experiment``), ``init_state``,
+``restore``, ``steps.data_parallel_steps``, ``evaluate``, ``train_loop``, ``finish``.
+Rerunning the same command resumes from the newest checkpoint in ``DIR/checkpoints`` and
+continues the data stream where it stopped.
+"""
+import collections
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mcj import data as data_lib
+from mcj.analysis import summary as summary_lib
+from mcj.compress.distill import teachers as teachers_lib
+from mcj.compress.prune import pruner as prune_lib
+from mcj.core import checkpoint as checkpoint_lib
+from mcj.core import metrics as metrics_lib
+from mcj.core import parallel
+from mcj.core.config import ConfigError
+from mcj.models import get_model
+from mcj.nn import inspect
+from mcj.train import optim
+from mcj.train import pipeline
+from mcj.train import steps as steps_lib
+from mcj.train.schema import merge_config
+
+AXIS = parallel.AXIS
+# Summary totals written to results.json (see mcj/analysis/summary.py for the conventions).
+SIZE_KEYS = ('binary_params', 'model_size_bytes', 'float32_size_bytes', 'compression_ratio',
+             'macs', 'bops', 'flops', 'ops', 'sparsity', 'nonzero_params', 'nonzero_macs',
+             'nonzero_model_size_bytes')
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What a run is made of, built once from its config (``build``)."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  dataset: Any
+  info: data_lib.DatasetInfo
+  total_steps: int
+  eval_batch_size: int
+  model: Any
+  schedule: optax.Schedule
+  tx: optax.GradientTransformation
+  adapter_tx: optax.GradientTransformation
+  pruner: Any = None      # compress.prune.Pruner: masks in the optimizer state
+  distiller: Any = None   # compress.distill.teachers.Distiller: frozen teachers + losses
+  compiled_steps: Any = None  # (p_train_step, p_eval_step), built on first use
+
+  @property
+  def teacher_variables(self) -> list:
+    return self.distiller.variables if self.distiller else []
+
+  @property
+  def methods(self) -> list:
+    """The compression methods in this run (each may have ``finish``: end-of-run work)."""
+    return [m for m in (self.pruner, self.distiller) if m is not None]
+
+
+def _say(*args):
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+def build(config: ml_collections.ConfigDict, say: Callable = _say) -> Experiment:
+  """Hosts and devices, data, model, optimizer and methods of a (merged) config."""
+  # ---------------------------------------------------------------- Hosts and devices
+  mesh = parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size)
+  eval_batch_size = config.eval_batch_size or config.batch_size
+  parallel.check_batch_size(eval_batch_size, 'eval_batch_size')
+  say(f'mcj: {jax.process_count()} host(s), {jax.device_count()} {jax.devices()[0].platform} '
+      f'device(s); global batch {config.batch_size}.')
+
+  # ---------------------------------------------------------------- Data
+  dataset = data_lib.get_dataset(config.data, seed=config.seed,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  info = dataset.info
+  total_steps = optim.total_steps_of(config, info.num_train_examples)
+  steps_per_epoch = info.num_train_examples / config.batch_size
+
+  # ---------------------------------------------------------------- Model and optimizer
+  model_options = {k: v for k, v in config.model.items() if k != 'name'}
+  model = get_model(config.model.name, num_classes=info.num_classes,
+                    dtype=jnp.dtype(config.compute_dtype), bn_axis_name=AXIS, **model_options)
+  binary = config.binary
+  binary_mask = (inspect.binary_kernel_mask(model, info.image_shape)
+                 if binary.optimizer or binary.latent_clip else None)
+  # Pruning wraps the optimizer: its masks live in the optimizer state.
+  pruner = (prune_lib.Pruner(config.prune, model, info.image_shape, total_steps, config.seed)
+            if config.prune.algorithm else None)
+  if pruner:
+    schedule = pruner.schedule_lr(
+        optim.make_schedule(config, pruner.schedule_steps(), steps_per_epoch))
+    tx = pruner.wrap(optim.make_optimizer(config, schedule, binary_mask))
+  else:
+    schedule = optim.make_schedule(config, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config, schedule, binary_mask)
+  # Frozen teachers, replicated on every device; FitNet adapters train with the student.
+  distiller = teachers_lib.Distiller(
+      config.distill, get_model=get_model, image_shape=info.image_shape,
+      num_classes=info.num_classes, compute_dtype=config.compute_dtype, student=model,
+      seed=config.seed, place=jax.jit(lambda v: v, out_shardings=parallel.replicated(mesh)),
+  ) if config.distill.teachers else None
+  adapter_tx = optim.make_optimizer(  # no binary layers among the adapters
+      ml_collections.ConfigDict({'optimizer': config.optimizer.to_dict()}), schedule)
+  return Experiment(config=config, mesh=mesh, dataset=dataset, info=info,
+                    total_steps=total_steps, eval_batch_size=eval_batch_size, model=model,
+                    schedule=schedule, tx=tx, adapter_tx=adapter_tx, pruner=pruner,
+                    distiller=distiller)
+
+
+def init_state(exp: Experiment) -> dict:
+  """The freshly initialised train state, replicated over the mesh."""
+  model, tx, distiller, info = exp.model, exp.tx, exp.distiller, exp.info
+
+  def init(rng):
+    dummy = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
+    variables = model.init({'params': rng, 'dropout': rng}, dummy, train=False)
+    params = variables['params']
+    state = {'step': jnp.zeros((), jnp.int32), 'params': params,
+             'batch_stats': variables.get('batch_stats', {}), 'opt_state': tx.init(params)}
+    adapters = distiller.init_adapters(jax.random.fold_in(rng, 2)) if distiller else {}
+    if adapters:
+      state.update(adapters=adapters, adapter_opt_state=exp.adapter_tx.init(adapters))
+    return state
+
+  return jax.jit(init, out_shardings=parallel.replicated(exp.mesh))(
+      jax.random.key(exp.config.seed))
+
+
+def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say) -> dict:
+  """The newest checkpoint's state if there is one; else ``init_from``'s params with a
+  fresh optimizer state (e.g. ReActNet's second step); else ``state`` unchanged."""
+  restored, restored_step = checkpointer.restore_latest(state)
+  if restored is not None:
+    say(f'mcj: resumed from step {restored_step} in {checkpointer.directory}.')
+    return restored
+  source = exp.config.init_from
+  if not source:
+    return state
+  loaded = checkpoint_lib.load_variables(source)
+  params = checkpoint_lib.fit_variables(state['params'], loaded['params'], source)
+  stats = checkpoint_lib.fit_variables(state['batch_stats'], loaded['batch_stats'], source)
+  state = jax.jit(lambda st, p, s: {**st, 'params': p, 'batch_stats': s,
+                                    'opt_state': exp.tx.init(p)},
+                  out_shardings=parallel.replicated(exp.mesh))(state, params, stats)
+  say(f'mcj: params initialised from {source}.')
+  return state
+
+
+def evaluate(exp: Experiment, p_eval_step, state) -> dict:
+  """One pass over the eval split: ``eval/loss``, ``eval/accuracy`` (+ top-5 over 10
+  classes)."""
+  totals = None
+  for batch in exp.dataset.eval_batches(exp.eval_batch_size):
+    sums = p_eval_step(state, parallel.shard_batch(exp.mesh, batch))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = parallel.fetch(totals)
+  count = max(float(totals['count']), 1.0)
+  out = {'eval/loss': float(totals['loss']) / count,
+         'eval/accuracy': float(totals['correct']) / count}
+  if exp.info.num_classes > 10:
+    out['eval/top5_accuracy'] = float(totals['top5']) / count
+  return out
+
+
+@dataclasses.dataclass
+class LoopResult:
+  state: dict
+  step: int
+  train_seconds: float
+  preempted: bool
+
+
+def train_loop(exp: Experiment, state, p_train_step, p_eval_step, checkpointer, writer,
+               say: Callable = _say) -> LoopResult:
+  """Steps from the state's step to ``total_steps``: logs, periodic evals and saves, a NaN
+  stop, and SIGTERM (save and return ``preempted``). Saves the last step."""
+  config, total_steps = exp.config, exp.total_steps
+  start_step = int(parallel.fetch(state['step']))
+  preempted = _PreemptionWatcher()
+  progress = metrics_lib.Progress(total_steps, start_step, config.batch_size)
+  pending = []  # (step, device metrics) not yet fetched: fetching every step would stall
+  last_saved = checkpointer.latest_step()
+  train_start = time.perf_counter()
+
+  def flush_metrics(step):
+    """Fetches pending train metrics; a NaN or Inf loss stops the run before any save."""
+    nonlocal pending
+    fetched = [(s, parallel.fetch(m)) for s, m in pending]
+    pending = []
+    for s, m in fetched:
+      if not np.isfinite(m['train/loss']):
+        raise FloatingPointError(
+            f'train/loss is {m["train/loss"]} at step {s}: stopping. The last good checkpoint '
+            f'(step {checkpointer.latest_step()}) is kept in {checkpointer.directory}.')
+    if fetched and writer and (step % config.log_every_steps == 0 or step == total_steps):
+      means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
+      means.update(progress.tick(step), lr=float(exp.schedule(step - 1)))
+      writer.write(step, means)
+      say(metrics_lib.console_line(step, total_steps, means))
+
+  def save(step):
+    nonlocal last_saved
+    flush_metrics(step)
+    t = time.perf_counter()
+    checkpointer.save(step, state)
+    last_saved = step
+    progress.pause(time.perf_counter() - t)
+
+  batches = _prefetch((parallel.shard_batch(exp.mesh, b)
+                       for b in exp.dataset.train_batches(start_step, config.batch_size)),
+                      size=2)
+  teacher_variables = exp.teacher_variables
+  step = start_step
+  while step < total_steps:
+    state, metrics = p_train_step(state, next(batches), teacher_variables)
+    step += 1
+    pending.append((step, metrics))
+    if step % config.log_every_steps == 0:
+      flush_metrics(step)
+    if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
+      flush_metrics(step)
+      t = time.perf_counter()
+      eval_metrics = evaluate(exp, p_eval_step, state)
+      progress.pause(time.perf_counter() - t)
+      if writer:
+        writer.write(step, eval_metrics)
+      say(f'step {step:>7}/{total_steps} | ' + _fmt(eval_metrics))
+    if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+      save(step)
+    if preempted.now(step):
+      save(step)
+      return LoopResult(state, step, time.perf_counter() - train_start, True)
+  flush_metrics(step)
+  train_seconds = time.perf_counter() - train_start
+  if last_saved != step:
+    save(step)
+  return LoopResult(state, step, train_seconds, False)
+
+
+def finish(exp: Experiment, state, step: int, train_seconds: float, workdir: str,
+           say: Callable = _say) -> dict:
+  """Final eval, the compression summary, each method's end-of-run work (``finish``: e.g.
+  channel pruning's rebuilt network) and ``results.json``."""
+  config, info, model = exp.config, exp.info, exp.model
+  _, p_eval_step = exp_steps(exp)
+  final = evaluate(exp, p_eval_step, state)
+  params = parallel.fetch(state['params'])
+  num_params = sum(x.size for x in jax.tree.leaves(params))
+  size = summary_lib.summarize(model, info.image_shape, params=params)
+  results = {'step': step, **final, 'params': int(num_params),
+             **{k: size[k] for k in SIZE_KEYS},
+             'train_seconds': round(train_seconds, 2), 'model': config.model.name,
+             'data': config.data.name}
+  variables = parallel.fetch({'params': state['params'], 'batch_stats': state['batch_stats']})
+  for method in exp.methods:
+    if hasattr(method, 'finish'):
+      results.update(method.finish(model=model, variables=variables, config=config,
+                                   workdir=workdir, step=step, image_shape=info.image_shape,
+                                   dense_summary=size, say=say))
+  say(f'mcj: final eval at step {step} | ' + _fmt(final))
+  say(f'mcj: compression summary of {config.model.name} '
+      f'({"x".join(map(str, info.image_shape))} input):\n' + summary_lib.format_totals(size))
+  return results
+
+
+def exp_steps(exp: Experiment):
+  """The experiment's data-parallel ``(train_step, eval_step)``, built once."""
+  if exp.compiled_steps is None:
+    exp.compiled_steps = steps_lib.data_parallel_steps(exp)
+  return exp.compiled_steps
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
+  config = merge_config(config)
+  if config.stages:
+    return pipeline.run(config, workdir, train_and_evaluate)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2, sort_keys=True))
+
+  exp = build(config)
+  state = init_state(exp)
+  num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+  _say(f'mcj: model {config.model.name}, {num_params:,} params; data {config.data.name}, '
+       f'{exp.info.num_train_examples:,} train / {exp.info.num_eval_examples:,} eval '
+       f'examples, {exp.total_steps:,} steps.')
+  if exp.pruner:
+    _say(f'mcj: {exp.pruner.describe()}.')
+  p_train_step, p_eval_step = exp_steps(exp)
+
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  state = restore(exp, state, checkpointer)
+  start_step = int(parallel.fetch(state['step']))
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
+
+  loop = train_loop(exp, state, p_train_step, p_eval_step, checkpointer, writer)
+  checkpointer.close()
+  if loop.preempted:
+    _say(f'mcj: stopped by SIGTERM at step {loop.step}; checkpoint saved. Rerun to resume.')
+    return {'preempted': True, 'step': loop.step}
+
+  results = finish(exp, loop.state, loop.step, loop.train_seconds, workdir)
+  if is_main:
+    writer.write(loop.step, {k: v for k, v in results.items() if k.startswith('eval/')})
+    writer.close()
+    with open(os.path.join(workdir, 'results.json'), 'w') as f:
+      json.dump(results, f, indent=2)
+  return results
+
+
+def _fmt(metrics: dict) -> str:
+  return ' | '.join(f'{k} {v:.4f}' for k, v in metrics.items())
+
+
+def _prefetch(iterator, size):
+  """Keeps ``size`` batches in flight so host-to-device copies overlap the step."""
+  queue = collections.deque()
+  for item in iterator:
+    queue.append(item)
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
+
+
+class _PreemptionWatcher:
+  """SIGTERM (a TPU preemption notice) asks the loop to save and exit at a step all hosts
+  agree on; with several hosts jax's own preemption service coordinates that step."""
+
+  def __init__(self):
+    self.requested = False
+    if jax.process_count() == 1:
+      signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def now(self, step) -> bool:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      try:
+        return multihost_utils.reached_preemption_sync_point(step)
+      except RuntimeError:  # no preemption service in this runtime
+        return False
+    return self.requested
+
+
