@@ -92,10 +92,23 @@ def _sign_forward(x, *schedule):
   return _sign(x)
 
 
+# The name scope a quantizer's output is computed in: the summary's op-level counting reads
+# it from the traced program to know the precision of each conv / dot operand.
+PRECISION_SCOPE = 'quantized_{bits}bit'
+
+
 def _with_precision(fn, precision: int, name: str):
-  fn.precision = precision
-  fn.quantizer_name = name
-  return fn
+  """``fn`` tagged with its output ``precision`` (bits) and traced inside the scope
+  ``PRECISION_SCOPE``, so the summary sees the precision of every op operand it feeds."""
+  scope = PRECISION_SCOPE.format(bits=precision)
+
+  def quantize(x):
+    with jax.named_scope(scope):
+      return fn(x)
+
+  quantize.precision = precision
+  quantize.quantizer_name = name
+  return quantize
 
 
 def precision_of(quantizer) -> int:
