@@ -31,8 +31,14 @@ def launch(num_processes: int, train_args: list, devices_per_process: int = 1,
            module: str = 'mcj.train', env=None) -> int:
   port = free_port()
   env = dict(os.environ if env is None else env)
-  env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
-                      f' --xla_force_host_platform_device_count={devices_per_process}').strip()
+  # The device count is forced; XLA's CPU collectives wait out a loaded machine (by
+  # default they abort an all-reduce after 40 s).
+  kept = [f for f in env.get('XLA_FLAGS', '').split()
+          if not f.startswith('--xla_force_host_platform_device_count')]
+  if not any(f.startswith('--xla_cpu_collective') for f in kept):
+    kept += ['--xla_cpu_collective_call_terminate_timeout_seconds=600',
+             '--xla_cpu_collective_timeout_seconds=600']
+  env['XLA_FLAGS'] = ' '.join(kept + [f'--xla_force_host_platform_device_count={devices_per_process}'])
   env.setdefault('JAX_PLATFORMS', 'cpu')
   procs, pumps = [], []
   for i in range(num_processes):

@@ -3,8 +3,10 @@
   python -m mcj.bench --model resnet50 --image_size 224 --batch_size 256 \
       --compute_dtype bfloat16 --steps 60 [--max_batch]
 
-Runs ``mcj.train.train_and_evaluate`` on ``synthetic`` data in a temporary workdir and
-reports the images/s of the last third of the steps (compilation excluded). ``--max_batch``
+Builds the real trainer's experiment and data-parallel train step in-process
+(``mcj.train.trainer.build``, ``init_state``, ``exp_steps``) on ``synthetic`` data and
+reports the images/s of the last third of the steps (compilation and warm-up excluded;
+each timed step waits for its result). ``--max_batch``
 doubles the batch from ``--batch_size`` until it no longer fits, and reports each size.
 Prints one JSON object per measured batch size.
 
@@ -18,10 +20,7 @@ forward time:
 """
 import argparse
 import json
-import os
 import sys
-import tempfile
-
 import time
 
 import jax
@@ -31,7 +30,8 @@ import numpy as np
 from mcj.core import parallel
 from mcj.core.config import ConfigError
 from mcj.models import get_model
-from mcj.train.trainer import train_and_evaluate
+from mcj.train import trainer
+from mcj.train.schema import merge_config
 
 
 def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
@@ -50,14 +50,24 @@ def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
   if teacher:
     config['distill'] = {'teachers': ({'init_from': 'random', 'model': teacher},),
                          'logit_loss': 'kd'}
-  with tempfile.TemporaryDirectory() as workdir:
-    train_and_evaluate(config, workdir)
-    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-      last = [json.loads(l) for l in f if 'img_per_sec' in l][-1]
+  exp = trainer.build(merge_config(config), say=lambda *a: print(*a, file=sys.stderr))
+  state = trainer.init_state(exp)
+  p_train_step, _ = trainer.exp_steps(exp)
+  batches = exp.dataset.train_batches(0, batch_size)
+  device_batches = [parallel.shard_batch(exp.mesh, next(batches)) for _ in range(2)]
+  teachers = exp.teacher_variables
+  for i in range(2 * log_every):  # compile and warm up
+    state, metrics = p_train_step(state, device_batches[i % 2], teachers)
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for i in range(log_every):
+    state, metrics = p_train_step(state, device_batches[i % 2], teachers)
+  jax.block_until_ready(metrics)
+  img_per_sec = batch_size * log_every / (time.perf_counter() - start)
   return {'model': model, 'image_size': image_size, 'batch_size': batch_size,
           'compute_dtype': compute_dtype, 'device': jax.devices()[0].device_kind,
-          'devices': jax.device_count(), 'img_per_sec': round(last['img_per_sec'], 1),
-          'img_per_sec_per_device': round(last['img_per_sec_per_device'], 1),
+          'devices': jax.device_count(), 'img_per_sec': round(img_per_sec, 1),
+          'img_per_sec_per_device': round(img_per_sec / jax.device_count(), 1),
           'steps_timed': log_every}
 
 

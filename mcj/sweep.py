@@ -1,6 +1,6 @@
 """Run a config over a grid of its arguments and several seeds; print one table.
 
-  python -m mcj.sweep --config configs/digits/bnn.py --grid model=birealnet_digits,float_twin \\
+  python -m mcj.sweep --config configs/digits/bnn.py --grid twin=binary,float \\
       --seeds 0,1,2 --workdir /tmp/mcj/sweep
 
 Each run is ``python -m mcj.train`` on ``<config>:<arg>`` with ``--config.seed=S`` in

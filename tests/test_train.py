@@ -6,7 +6,6 @@ subprocesses.
 """
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -21,48 +20,10 @@ from mcj.core import config as config_lib
 from mcj.core.config import ConfigError
 from mcj.train import train_and_evaluate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, 'tests', 'tiny_config.py')
-
-
-def tiny(arg='', **overrides):
-  config = config_lib.load_config(f'{TINY}:{arg}' if arg else TINY)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
-def train_losses(workdir):
-  return {m['step']: m['train/loss'] for m in read_metrics(workdir) if 'train/loss' in m}
-
-
-def run_cli(args, devices=1, **kwargs):
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-m', 'mcj.train', *args], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=600, **kwargs)
-
-
-def final_params(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
-  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
-  path = os.path.join(directory, str(step), 'default')
-  checkpointer = ocp.StandardCheckpointer()
-  # A target placed on one local device: the checkpoint may come from another topology.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata.tree)
-  restored = checkpointer.restore(path, target)
-  return step, jax.tree.map(np.asarray, restored['params'])
+from tests.helpers import (ROOT, TINY, assert_trees_equal, final_params, kill_step,  # noqa: F401
+                           read_metrics, run_cli, start_cli, tiny, train_losses, wait_for_step)
+from tests.helpers import start_cli as _start  # noqa: F401  (older test files)
+from tests.helpers import wait_for_step as _wait_for_step  # noqa: F401
 
 
 # ------------------------------------------------------------------ outputs and resume
@@ -193,47 +154,16 @@ def test_two_processes_match_one_process(tmp_path):
 
 # ------------------------------------------------------------------ kills and preemption
 
-def _start(args, workdir):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, '-m', 'mcj.train', *args, '--workdir', workdir],
-                          env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-
-
-def _finished_checkpoints(workdir):
-  directory = os.path.join(workdir, 'checkpoints')
-  return [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
-
-
-def _wait_for_step(workdir, step, proc, timeout=300, need_checkpoint=False):
-  path = os.path.join(workdir, 'metrics.jsonl')
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      raise AssertionError('finished before it could be interrupted:\n' + proc.stdout.read())
-    if need_checkpoint and not _finished_checkpoints(workdir):
-      time.sleep(0.05)
-      continue
-    if os.path.exists(path):
-      with open(path) as f:
-        lines = [json.loads(l) for l in f if l.strip()]
-      if lines and lines[-1]['step'] >= step:
-        return lines[-1]['step']
-    time.sleep(0.05)
-  raise AssertionError(f'step {step} not reached in {timeout}s')
-
-
 def test_sigkill_at_random_step_then_rerun_is_bitwise_identical(tmp_path):
   args = ['--config', f'{TINY}:steps=60,batch=32,ckpt=7,log=1']
   straight = str(tmp_path / 'straight')
   assert run_cli(args + ['--workdir', straight]).returncode == 0
 
   killed = str(tmp_path / 'killed')
-  kill_at = random.Random().randint(8, 50)
-  proc = _start(args, killed)
+  kill_at = kill_step(8, 50, 'sigkill')
+  proc = start_cli(args, killed)
   # A random step once a checkpoint has been finished, so the rerun really resumes.
-  kill_at = _wait_for_step(killed, kill_at, proc, need_checkpoint=True)
+  kill_at = wait_for_step(killed, kill_at, proc, need_checkpoint=True)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   rerun = run_cli(args + ['--workdir', killed])
@@ -243,15 +173,14 @@ def test_sigkill_at_random_step_then_rerun_is_bitwise_identical(tmp_path):
   step_a, params_a = final_params(straight)
   step_b, params_b = final_params(killed)
   assert step_a == step_b == 60
-  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-    np.testing.assert_array_equal(x, y, err_msg=f'killed at step {kill_at}')
+  assert_trees_equal(params_a, params_b)
   assert train_losses(straight) == train_losses(killed)
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path)
-  proc = _start(['--config', f'{TINY}:steps=100000,ckpt=100000,log=1'], workdir)
-  _wait_for_step(workdir, 3, proc)
+  proc = start_cli(['--config', f'{TINY}:steps=100000,ckpt=100000,log=1'], workdir)
+  wait_for_step(workdir, 3, proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
   assert proc.returncode == 0, out
@@ -274,8 +203,7 @@ def test_init_from_copies_params_and_mismatch_lists_entries(tmp_path):
   train_and_evaluate(config, second)
   source = checkpoint_lib.load_variables(first)['params']
   copied = checkpoint_lib.load_variables(second)['params']
-  for a, b in zip(jax.tree.leaves(source), jax.tree.leaves(copied)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_trees_equal(jax.tree.map(np.asarray, source), jax.tree.map(np.asarray, copied))
   with pytest.raises(ConfigError, match=r'does not fit the model: missing \d+: layer1_1/'):
     train_and_evaluate(tiny('steps=1', init_from=first), str(tmp_path / 'deeper'))
   with pytest.raises(ConfigError, match='No checkpoint found'):

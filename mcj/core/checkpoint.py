@@ -12,10 +12,11 @@ import warnings
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 
 class Checkpointer:
-  """Saves the train state every ``every_steps`` steps and at the end; keeps the last ``keep``."""
+  """Saves the train state at the steps the trainer asks for; keeps the last ``keep``."""
 
   def __init__(self, workdir: str, keep: int = 3):
     self.directory = os.path.join(os.path.abspath(workdir) if '://' not in workdir else workdir,
@@ -49,9 +50,6 @@ class Checkpointer:
     if step in self.manager.all_steps():
       return
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -102,7 +100,8 @@ def fit_variables(target, loaded, source: str):
   missing = sorted(set(flat_target) - set(flat_loaded))
   unexpected = sorted(set(flat_loaded) - set(flat_target))
   reshaped = sorted(k for k in set(flat_target) & set(flat_loaded)
-                    if tuple(flat_target[k].shape) != tuple(flat_loaded[k].shape))
+                    if flat_target[k] is not traverse_util.empty_node
+                    and tuple(flat_target[k].shape) != tuple(flat_loaded[k].shape))
   if missing or unexpected or reshaped:
     def some(keys):
       return ', '.join(keys[:8]) + (f' (+{len(keys) - 8} more)' if len(keys) > 8 else '')
@@ -114,10 +113,18 @@ def fit_variables(target, loaded, source: str):
     raise ConfigError(f'The checkpoint in {source} does not fit the model: '
                       + '; '.join(p for p in parts if p) + '.')
   # Host arrays: the caller places them (e.g. replicated over every device of every host).
-  leaves = [np.asarray(flat_loaded[k]).astype(flat_target[k].dtype) for k in flat_target]
-  return jax.tree.unflatten(jax.tree.structure(target), leaves)
+  return traverse_util.unflatten_dict(
+      {k: v if v is traverse_util.empty_node else np.asarray(flat_loaded[k]).astype(v.dtype)
+       for k, v in flat_target.items()}, sep='/')
 
 
 def _flat(tree) -> dict:
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  """'a/b/kernel' -> array (flax's traverse_util)."""
+  return traverse_util.flatten_dict(_plain(tree), keep_empty_nodes=True, sep='/')
+
+
+def _plain(tree):
+  """Nested plain dicts (FrozenDicts and orbax's restored mappings included)."""
+  if hasattr(tree, 'items'):
+    return {k: _plain(v) for k, v in tree.items()}
+  return tree

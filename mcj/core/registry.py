@@ -14,30 +14,15 @@ A spec is a name, ``'name(key=value, ...)'`` with Python literals, or a dict wit
 ``name`` key. An unknown name is one ``ConfigError`` line that lists the valid names and
 suggests the closest one; bad options name the thing they were given to.
 
-A kind's entries exist once the module defining them is imported; ``KIND_MODULES`` says
-which module that is, so ``get`` and ``names`` import it on first use.
+A kind's entries exist once the module defining them is imported; the layer that looks a
+kind up imports that module (``mcj.models`` imports every model file, the trainer imports
+the optimizers, the pruner its algorithms), so this module never imports upward.
 """
 import ast
 import difflib
-import importlib
 from typing import Any, Callable
 
 from mcj.core.config import ConfigError
-
-# The module that registers each kind's entries (imported on first lookup).
-KIND_MODULES = {
-    'model': 'mcj.models',
-    'dataset': 'mcj.data',
-    'quantizer': 'mcj.quant.quantizers',
-    'optimizer': 'mcj.train.optim',
-    'schedule': 'mcj.train.optim',
-    'binary_optimizer': 'mcj.compress.binary',
-    'logit_loss': 'mcj.compress.distill.objectives',
-    'feature_loss': 'mcj.compress.distill.objectives',
-    'prune_algorithm': 'mcj.compress.prune.algorithms',
-    'prune_schedule': 'mcj.compress.prune.schedules',
-    'prune_distribution': 'mcj.compress.prune.distributions',
-}
 
 # What the error messages call each kind.
 _LABELS = {'model': 'model', 'dataset': 'dataset', 'quantizer': 'quantizer',
@@ -78,9 +63,6 @@ def add_all(kind: str, entries: dict) -> dict:
 
 
 def _load(kind: str) -> dict[str, Any]:
-  module = KIND_MODULES.get(kind)
-  if module:
-    importlib.import_module(module)
   return _ENTRIES.get(kind, {})
 
 
