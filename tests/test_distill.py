@@ -5,11 +5,17 @@ relational losses (value, and gradients pmean-ed over devices as the trainer doe
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
+from mcj.compress.distill import features as features_lib
 from mcj.compress.distill import losses as distill
+from mcj.compress.distill import objectives
+from mcj.compress.distill import teachers as teachers_lib
+from mcj.compress import distill as distill_pkg
+from mcj.core import registry
 from mcj.core.config import ConfigError
 
 SEEDS = [0, 1, 2]
@@ -264,7 +270,7 @@ def test_real_to_binary_attention_identical_is_zero_with_finite_gradient():
 
 def test_attention_losses_reject_mismatched_pairs():
   s, t = features(0, (2, 4, 4, 3), (2, 2, 2, 3))
-  with pytest.raises(ValueError, match='match_spatial'):
+  with pytest.raises(ValueError, match='equal N, H, W'):
     distill.attention_transfer([s], [t])
   with pytest.raises(ValueError, match='pair one to one'):
     distill.real_to_binary_attention([s, s], [s])
@@ -312,33 +318,147 @@ def test_rkd_identical_and_scaled_embeddings_give_zero():
 
 
 # ----------------------------------------------------------------------------- plumbing
-def test_match_spatial_and_pool_embedding():
-  s, t = features(0, (2, 8, 6, 3), (2, 4, 3, 5))
-  pooled = distill.match_spatial(s, t)
-  expected = f64(s).reshape(2, 4, 2, 3, 2, 3).mean(axis=(2, 4))
-  assert pooled.shape == (2, 4, 3, 3)
-  np.testing.assert_allclose(pooled, expected, **TOL)
-  same = jnp.asarray(t)
-  assert distill.match_spatial(same, t) is same
-  resized = distill.match_spatial(s, np.zeros((2, 5, 4, 1), np.float32))  # not an integer factor
-  assert resized.shape == (2, 5, 4, 3)
-  np.testing.assert_allclose(resized, jax.image.resize(s, (2, 5, 4, 3), 'bilinear'), **TOL)
-  up = distill.match_spatial(t, s)  # upsampling is bilinear too
-  assert up.shape == (2, 8, 6, 5)
+def test_pool_embedding():
+  s, _ = features(0, (2, 8, 6, 3))
   emb = distill.pool_embedding(s)
   assert emb.shape == (2, 3) and emb.dtype == jnp.float32
   np.testing.assert_allclose(emb, f64(s).mean(axis=(1, 2)), **TOL)
+  tokens, _ = features(1, (2, 7, 5))  # (batch, tokens, features): mean over the tokens
+  np.testing.assert_allclose(distill.pool_embedding(tokens), f64(tokens).mean(axis=1), **TOL)
 
 
 def test_registry():
-  assert distill.get_logit_loss('kd') is distill.hinton_kd
-  assert distill.get_logit_loss('distribution') is distill.distribution_loss
-  assert distill.get_logit_loss('dist') is distill.dist_loss
-  assert set(distill.FEATURE_LOSSES) == {'fitnet', 'at', 'real_to_binary', 'rkd'}
-  with pytest.raises(ConfigError) as e:
-    distill.get_logit_loss('kl')
-  assert "'kl'" in str(e.value)
-  assert all(name in str(e.value) for name in distill.LOGIT_LOSSES)
+  assert registry.names('logit_loss') == ['dist', 'distribution', 'kd']
+  assert registry.names('feature_loss') == ['at', 'fitnet', 'real_to_binary', 'rkd']
+  assert registry.get('logit_loss', 'kd') is objectives.kd
+  # each loss declares its own default temperature (None: it takes none)
+  assert {n: registry.info('logit_loss', n)['temperature'] for n in
+          registry.names('logit_loss')} == {'kd': 4.0, 'dist': 1.0, 'distribution': None}
+  assert registry.info('feature_loss', 'fitnet')['adapter'] is not None
+  assert not any('adapter' in registry.info('feature_loss', n) for n in ('at', 'rkd'))
+  assert not registry.info('feature_loss', 'rkd')['pairs']
+  with pytest.raises(ConfigError, match=r"^Unknown distill\.logit_loss 'kl'\. "
+                     r"Valid: dist, distribution, kd\.$"):
+    registry.get('logit_loss', 'kl')
+  with pytest.raises(ConfigError, match=r"^Unknown distill\.feature_loss 'fitnets'\. Did you "
+                     r"mean 'fitnet'\? Valid: at, fitnet, real_to_binary, rkd\.$"):
+    registry.get('feature_loss', 'fitnets')
+
+
+def test_temperature_defaults_to_the_losses_own():
+  """distill.temperature None: kd's 4 and DIST's 1 (its ImageNet setting, dist_loss's
+  default); an explicit value applies to either."""
+  assert distill_pkg.DEFAULTS['temperature'] is None
+  s, t = logits(8, n=12)
+  block = lambda **kw: ml_collections.ConfigDict({**distill_pkg.DEFAULTS, **kw})
+  np.testing.assert_allclose(objectives.kd(s, t, block()), np_kd(s, t, 4.0), **TOL)
+  np.testing.assert_allclose(objectives.dist(s, t, block()),
+                             distill.dist_loss(s, t, temperature=1.0), **TOL)
+  np.testing.assert_allclose(objectives.dist(s, t, block()), np_dist(s, t, 1.0), **TOL)
+  np.testing.assert_allclose(objectives.kd(s, t, block(temperature=2.0)), np_kd(s, t, 2.0),
+                             **TOL)
+  np.testing.assert_allclose(objectives.dist(s, t, block(temperature=4.0)),
+                             np_dist(s, t, 4.0), **TOL)
+
+
+# ----------------------------------------------------------------------------- token taps
+class TokenNet(nn.Module):
+  """A tiny transformer-shaped model: Dense blocks over (batch, tokens, features) as
+  top-level children, then a head on the token mean."""
+  widths: tuple = (8, 8)
+  num_classes: int = 10
+  dtype: object = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    for i, width in enumerate(self.widths):
+      x = nn.gelu(nn.Dense(width, dtype=self.dtype, name=f'block{i}')(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x.mean(axis=1))
+
+
+TOKENS, IN_FEATURES = 5, 6
+
+
+def _token_model(name, num_classes, dtype, **options):
+  assert name == 'token_teacher'
+  return TokenNet(num_classes=num_classes, dtype=dtype, **options)
+
+
+def _token_distiller(feature_loss, **kw):
+  block = ml_collections.ConfigDict({
+      **distill_pkg.DEFAULTS, 'logit_loss': '', 'feature_loss': feature_loss, **kw,
+      'teachers': ({'init_from': 'random',
+                    'model': {'name': 'token_teacher', 'widths': (16, 16, 16)}},)})
+  return teachers_lib.Distiller(
+      block, get_model=_token_model, image_shape=(TOKENS, IN_FEATURES), num_classes=10,
+      compute_dtype='float32', student=TokenNet(widths=(8, 8)), seed=0,
+      place=lambda v: jax.tree.map(jnp.asarray, v))
+
+
+def _student_outputs(x):
+  student = TokenNet(widths=(8, 8))
+  variables = student.init(jax.random.key(3), x, train=False)
+  return features_lib.apply_with_features(student, variables, x, train=False)
+
+
+def test_token_taps_group_by_token_count_and_pair():
+  x = jax.random.normal(jax.random.key(0), (4, TOKENS, IN_FEATURES))
+  teacher = TokenNet(widths=(16, 16, 16))
+  logits_, stages = features_lib.apply_with_features(
+      teacher, teacher.init(jax.random.key(1), x), x)
+  assert logits_.shape == (4, 10)  # the 2-D head output is not a tap
+  assert list(stages) == [(TOKENS,)] and [f.shape for f in stages[(TOKENS,)]] == [
+      (4, TOKENS, 16)] * 3
+  assert features_lib.layout((TOKENS,)) == 'tokens' and features_lib.layout((4, 4)) == 'image'
+  _, student_stages = _student_outputs(x)
+  pairs = features_lib.paired_stages(student_stages, stages, 4)
+  assert [(s.shape, t.shape) for s, t in pairs] == [((4, TOKENS, 8), (4, TOKENS, 16))]
+  assert pairs[0][1] is stages[(TOKENS,)][-1]
+  blocks = features_lib.paired_stages(student_stages, stages, 4, blocks=True)
+  assert len(blocks) == 2  # 2 student blocks pair with teacher blocks 2 and 3 (spaced)
+  assert blocks[0][1] is stages[(TOKENS,)][1] and blocks[1][1] is stages[(TOKENS,)][2]
+  assert features_lib.last_stage(stages) is stages[(TOKENS,)][-1]
+  # a token tensor and a feature map never pair, whatever the numbers
+  assert features_lib.paired_stages({(TOKENS,): [x]}, {(TOKENS, 1): [x[..., None]]}, 4) == []
+
+
+def test_token_models_distill_with_fitnet_and_rkd():
+  x = jax.random.normal(jax.random.key(0), (4, TOKENS, IN_FEATURES))
+  s_logits, s_stages = _student_outputs(x)
+  d = _token_distiller('fitnet')
+  assert d.needs_features
+  assert d.adapter_shapes == [[((1, TOKENS, 8), (1, TOKENS, 16))]]
+  adapters = d.init_adapters(jax.random.key(2))
+  kernel = adapters['teacher0_stage0']['regressor']['kernel']
+  assert kernel.shape == (8, 16)  # a Dense on the feature axis
+  loss, terms = jax.jit(lambda a: d.loss(s_logits, s_stages, d.variables, a, x, 0.0, None))(
+      adapters)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  _, t_stages = features_lib.apply_with_features(d.models[0], d.variables[0], x, train=False)
+  adapted = f64(s_stages[(TOKENS,)][-1]) @ f64(kernel)  # zero bias at init
+  expected = np.mean((adapted - f64(t_stages[(TOKENS,)][-1])) ** 2)
+  np.testing.assert_allclose(loss, expected, rtol=1e-4)
+  np.testing.assert_allclose(terms['distill/feature_loss'], loss)
+  grad = jax.grad(lambda a: d.loss(s_logits, s_stages, d.variables, a, x, 0.0, None)[0])(
+      adapters)
+  assert np.any(np.asarray(grad['teacher0_stage0']['regressor']['kernel']) != 0)
+
+  r = _token_distiller('rkd')
+  assert r.init_adapters(jax.random.key(2)) == {}
+  loss, _ = r.loss(s_logits, s_stages, r.variables, {}, x, 0.0, None)
+  expected = distill.rkd_loss(distill.pool_embedding(s_stages[(TOKENS,)][-1]),
+                              distill.pool_embedding(t_stages[(TOKENS,)][-1]))
+  assert np.isfinite(float(loss))
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['at', 'real_to_binary'])
+def test_attention_losses_refuse_token_features(name):
+  with pytest.raises(ConfigError, match=rf"^distill.feature_loss='{name}' applies to image "
+                     r"features only .* the student gives tokens features of shape "
+                     r"\(1, 5, 8\); use fitnet or rkd there\.$"):
+    _token_distiller(name)
 
 
 # ----------------------------------------------------------------------------- device counts

@@ -80,6 +80,27 @@ def test_ensemble_is_weighted_mean_and_consecutive_teachers_switch():
     np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=f'progress {progress}')
 
 
+@pytest.mark.parametrize('logit_loss,temperature,expected', [
+    ('dist', None, 1.0), ('kd', None, 4.0), ('dist', 4.0, 4.0), ('kd', 1.0, 1.0)])
+def test_temperature_none_is_the_losses_own_default(logit_loss, temperature, expected):
+  """dist without a temperature uses DIST's tau = 1 (not KD's 4); kd keeps 4; an explicit
+  value applies to either."""
+  images = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
+  student_logits = jax.random.normal(jax.random.key(1), (16, 10))
+  d = _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss=logit_loss,
+                 temperature=temperature)
+  loss, _ = jax.jit(lambda: d.loss(student_logits, {}, d.variables, {}, images, 0.0, None))()
+  t_logits = _teacher_logits(d, 0, images)
+  if logit_loss == 'dist':
+    want = distill.dist_loss(student_logits, t_logits, temperature=expected)
+  else:
+    want = distill.hinton_kd(student_logits, t_logits, temperature=expected)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  other = 4.0 if expected == 1.0 else 1.0  # and the other temperature would differ
+  fn = distill.dist_loss if logit_loss == 'dist' else distill.hinton_kd
+  assert abs(float(fn(student_logits, t_logits, temperature=other)) - float(loss)) > 1e-4
+
+
 def test_teacher_in_bfloat16_gives_nearly_the_float32_loss():
   images = jax.random.normal(jax.random.key(0), (16, 8, 8, 1))
   student_logits = jax.random.normal(jax.random.key(1), (16, 10))
@@ -106,8 +127,12 @@ def test_teacher_spec_errors(teacher_dir):
   assert teachers_lib.teacher_spec({'init_from': teacher_dir}, 0)['model']['name'] == 'resnet20'
   with pytest.raises(ConfigError, match='Unknown distill.feature_loss'):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], feature_loss='atention')
-  with pytest.raises(ConfigError, match='Unknown logit loss|Available|Valid'):
+  with pytest.raises(ConfigError, match=r"^Unknown distill\.logit_loss 'kl'\. "
+                     r"Valid: dist, distribution, kd\.$"):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss='kl')
+  with pytest.raises(ConfigError, match="logit_loss='distribution' takes no temperature"):
+    _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss='distribution',
+               temperature=2.0)
 
 
 def test_teacher_that_does_not_fit_lists_entries(teacher_dir, tmp_path):

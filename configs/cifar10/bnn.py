@@ -12,7 +12,7 @@ Data: TFDS `cifar10` (50k train / 10k test), pad-4 random crop + flip, per-chann
 normalisation. Prepare once: python -c "import tensorflow_datasets as tfds;
 tfds.builder('cifar10').download_and_prepare()" (or set TFDS_DATA_DIR).
 Hardware: one GPU: a few hours for ResNet-20 and VGG-Small, about half a day for ResNet-18.
-Models (mcj/models/binary_resnet.py; float first conv and classifier, every other conv
+Models (mcj/models/bnn/binary_resnet.py; float first conv and classifier, every other conv
 binary, Hardtanh instead of ReLU, BatchNorm1d before the classifier):
 - binary_resnet20: 16-32-64 ResNet-20 with a shortcut around every binary conv, option-A
   (parameter-free) downsampling shortcuts; 269,850 params, 267,264 binary.

@@ -11,7 +11,7 @@ Commands (one host with 8 accelerators, or a TPU VM via launch/tpu_vm.sh):
 Data: TFDS `imagenet2012` (1.28M train / 50k validation), Inception crop + flip at 224,
 resize-256 centre-crop eval. The archives must be in DATA_DIR/downloads/manual first.
 Hardware: 8 GPUs or a TPU v3-8: one to two days per 100 epochs of these ResNet-18-sized nets.
-Models (mcj/models/binary_resnet.py; float stem, shortcuts and classifier):
+Models (mcj/models/bnn/binary_resnet.py; float stem, shortcuts and classifier):
 - xnor_resnet18 (Rastegari et al. 2016): 51.2 top-1 (paper); 11,689,640 params, 10,985,472
   binary, 4.03 MiB. XNOR-Net published no ResNet recipe or code; this uses larq-zoo's
   XNOR-Net (AlexNet) recipe (``training/basic_experiments.py``): Adam lr 1e-3, batch 1200,

@@ -7,7 +7,7 @@ Command (one host with 8 accelerators, or a TPU VM via launch/tpu_vm.sh):
 Data: TFDS `imagenet2012` (1.28M train / 50k validation), Inception crop + flip at 224,
 resize-256 centre-crop eval. The archives must be in DATA_DIR/downloads/manual first.
 Hardware: 8 GPUs or a TPU v3-8: about three days for 256 epochs of Bi-Real 18.
-Model (mcj/models/binary_resnet.py): a real-valued identity shortcut around every binary
+Model (mcj/models/bnn/binary_resnet.py): a real-valued identity shortcut around every binary
 3x3 conv, ApproxSign activations, sign(W) x per-channel mean|W| weights, float stem and
 classifier, avg-pool + float 1x1 conv + BN downsampling shortcuts. birealnet18: 11,689,512
 params, 10,985,472 binary, 4.03 MiB (larq-zoo's counts and "4.03 MB"); birealnet34:

@@ -1,14 +1,18 @@
-"""Knowledge distillation: losses (``losses``), stage features of any model (``features``),
-and frozen teachers plus the objective of the trainer's ``distill`` block (``teachers``)."""
+"""Knowledge distillation: loss formulas (``losses``), the losses a config names
+(``objectives``, registered as 'logit_loss' / 'feature_loss'), stage features of any model
+(``features``), and frozen teachers plus the objective of the trainer's ``distill`` block
+(``teachers``)."""
 
 # The `distill` config block. Each teacher is a dict: init_from (its mcj workdir or
 # checkpoint; 'random' for benchmarks), model (default: the one in that workdir's
 # config.json), weight, start / end (fractions of training when it teaches), compute_dtype
 # ('' = the run's). Loss = label_weight * CE(labels) + logit_weight * logit_loss +
-# feature_weight * feature_loss, averaged over teachers.
+# feature_weight * feature_loss, averaged over teachers. temperature None means the chosen
+# logit loss's own default (kd: 4, dist: 1; distribution takes none); a value applies to
+# whichever loss is chosen.
 DEFAULTS = {'teachers': (), 'label_weight': 1.0,
             'logit_loss': 'kd',        # kd | distribution | dist | ''
-            'logit_weight': 1.0, 'temperature': 4.0, 'dist_beta': 1.0, 'dist_gamma': 1.0,
+            'logit_weight': 1.0, 'temperature': None, 'dist_beta': 1.0, 'dist_gamma': 1.0,
             'feature_loss': '',        # fitnet | at | real_to_binary | rkd | ''
             'feature_weight': 1.0,
             'feature_stages': 4,       # the deepest resolutions both models share

@@ -3,24 +3,34 @@
 Feature-based distillation (FitNets, attention transfer, Real-to-Binary, RKD) needs the
 output of each stage of the student and the teacher. Every mcj model is a Flax module
 whose top-level children are its blocks (or, for the DenseNet-style nets, its layers), so a
-method interceptor records each top-level child's 4-D output in call order, grouped by
-spatial resolution; the last output at each resolution is that stage's output. Teacher and
-student see the same images, so their stages pair up by resolution, whatever their
-architectures; within a stage, block outputs pair up from the last one backwards.
+method interceptor records each top-level child's output in call order, grouped by grid:
+
+* NHWC feature maps (4-D) by spatial resolution, key ``(H, W)``;
+* token tensors ``(batch, tokens, features)`` (3-D, a transformer's blocks) by token
+  count, key ``(T,)``.
+
+The last output at each grid is that stage's output. Teacher and student see the same
+inputs, so their stages pair up by grid, whatever their architectures (a map pairs only
+with a map of the same H, W, a token tensor only with one of the same token count);
+within a stage, block outputs pair up from the last one backwards. Other outputs (2-D
+logits, 5-D tensors) are not taps.
 """
 import flax.linen as nn
 
+IMAGE, TOKENS = 'image', 'tokens'  # the two layouts of a tap
+
 
 def apply_with_features(model, variables, images, **apply_kwargs):
-  """``(model.apply(...), stages)``: stages maps (H, W) to the list of 4-D outputs of
-  top-level children at that resolution, in call order. (jax orders dict keys itself, so
-  the functions below sort resolutions by size.)"""
+  """``(model.apply(...), stages)``: stages maps a grid key (``(H, W)`` for 4-D NHWC
+  outputs, ``(T,)`` for 3-D token outputs) to the list of outputs of top-level children
+  with that grid, in call order. (jax orders dict keys itself, so the functions below
+  sort grids by depth.)"""
   outputs = []
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if (context.method_name == '__call__' and len(context.module.path) == 1
-        and getattr(out, 'ndim', 0) == 4):
+        and getattr(out, 'ndim', 0) in (3, 4)):
       outputs.append(out)
     return out
 
@@ -28,21 +38,41 @@ def apply_with_features(model, variables, images, **apply_kwargs):
     result = model.apply(variables, images, **apply_kwargs)
   stages = {}
   for out in outputs:
-    stages.setdefault(tuple(out.shape[1:3]), []).append(out)
+    stages.setdefault(grid_key(out.shape), []).append(out)
   return result, stages
 
 
-def _by_size(resolutions):
-  return sorted(resolutions, key=lambda hw: -hw[0] * hw[1])  # highest resolution first
+def grid_key(shape):
+  """``(H, W)`` of an NHWC shape, ``(T,)`` of a (batch, tokens, features) shape."""
+  return tuple(shape[1:-1])
+
+
+def layout(key_or_feature) -> str:
+  """``'image'`` for an NHWC grid / feature, ``'tokens'`` for a token one."""
+  key = key_or_feature
+  if hasattr(key_or_feature, 'shape'):
+    key = grid_key(key_or_feature.shape)
+  return TOKENS if len(key) == 1 else IMAGE
+
+
+def _by_size(grids):
+  """Shallow to deep: feature maps from the highest resolution down, then token grids
+  from the most tokens down (a hybrid net's maps come before its transformer blocks)."""
+  def depth(key):
+    size = 1
+    for n in key:
+      size *= n
+    return (layout(key) == TOKENS, -size)
+  return sorted(grids, key=depth)
 
 
 def paired_stages(student_stages: dict, teacher_stages: dict, count: int,
                   blocks: bool = False):
-  """(student, teacher) feature pairs at the ``count`` deepest resolutions both models
-  have (``count`` <= 0: all), shallow to deep: each stage's last output, or with
-  ``blocks`` n evenly spaced outputs ending with the last, n the smaller of the two models'
-  counts there (a Bi-Real stage's 4 conv outputs pair with a ResNet stage's 2 blocks as
-  2nd and 4th)."""
+  """(student, teacher) feature pairs at the ``count`` deepest grids both models have
+  (``count`` <= 0: all), shallow to deep: each stage's last output, or with ``blocks`` n
+  evenly spaced outputs ending with the last, n the smaller of the two models' counts
+  there (a Bi-Real stage's 4 conv outputs pair with a ResNet stage's 2 blocks as 2nd and
+  4th; a 12-block transformer's token outputs with a 6-block one's as every other)."""
   shared = _by_size(k for k in student_stages if k in teacher_stages)
   if count > 0:
     shared = shared[-count:]
@@ -59,5 +89,6 @@ def _spaced(outputs, n):
 
 
 def last_stage(stages: dict):
-  """The model's deepest 4-D output (what its classifier pools)."""
+  """The model's deepest tapped output (what its classifier pools): the last output at
+  the deepest grid (see ``_by_size``)."""
   return stages[_by_size(stages)[-1]][-1]

@@ -7,7 +7,8 @@ local batch, so averaging the devices' gradients (the trainer's ``pmean``) gives
 global-batch gradient. The relational losses (DIST's intra-class term, RKD) compare
 examples with each other; with ``axis_name`` they are computed over the global batch (all
 devices), so value and averaged gradient do not depend on the number of devices. Logits and
-features are cast to float32; features are NHWC; every loss is a float32 scalar. The teacher
+features are cast to float32; feature maps are NHWC (FitNets and RKD also take token
+tensors (N, T, C)); every loss is a float32 scalar. The teacher
 side is not stopped here: the trainer's teacher outputs carry no gradient.
 
 ==================  =====================================================================
@@ -23,15 +24,15 @@ rkd                 Park et al. 2019: relational (distance- and angle-wise) dist
 ==================  =====================================================================
 
 Each formula is tested against an independent numpy implementation of the paper's in
-``tests/test_distill.py``, the relational ones also for device-count invariance.
+``tests/test_distill.py``, the relational ones also for device-count invariance. The
+names above are registered with the config (``distill.logit_loss`` / ``feature_loss``) in
+``objectives``.
 """
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-from mcj.core.config import ConfigError
 
 # F.normalize's epsilon (attention-transfer and RKD code): x / max(||x||_2, 1e-12).
 _NORMALIZE_EPS = 1e-12
@@ -164,7 +165,9 @@ def dist_loss(student_logits, teacher_logits, temperature: float = 1.0, beta: fl
 # ----------------------------------------------------------------------------- feature losses
 class FitNetAdapter(nn.Module):
   """FitNets' regressor (Romero et al. 2015): a 1x1 convolution from the student's
-  channels to the teacher's ``features``, trained with the student.
+  channels to the teacher's ``features``, trained with the student. On token tensors
+  (batch, tokens, features) it is the same per-position linear map as a Dense layer on
+  the feature axis (kernel (C_in, C_out) instead of (1, 1, C_in, C_out)).
 
   The kernel starts LeCun-normal (variance 1/fan_in, flax's default), which keeps the
   scale of the student's features, so the first hint losses are of the order of the
@@ -174,6 +177,9 @@ class FitNetAdapter(nn.Module):
 
   @nn.compact
   def __call__(self, x):
+    if x.ndim == 3:
+      return nn.Dense(self.features, use_bias=True, dtype=jnp.float32,
+                      param_dtype=jnp.float32, name='regressor')(_f32(x))
     return nn.Conv(self.features, (1, 1), use_bias=True, dtype=jnp.float32,
                    param_dtype=jnp.float32, name='regressor')(_f32(x))
 
@@ -181,9 +187,12 @@ class FitNetAdapter(nn.Module):
 def fitnet_loss(adapted_student_feature, teacher_feature):
   """FitNets' hint loss: mean squared error over all elements.
 
-  The paper's ``1/2 ||u_h - r(v_g)||^2`` normalised by the number of elements, as
-  torchdistill and common practice (``nn.MSELoss``) do, so the weight does not depend on
-  the feature size.
+  The paper's ``1/2 ||u_h - r(v_g)||^2`` normalised by the number of elements (without
+  the 1/2), as ``nn.MSELoss()`` with its default mean reduction computes it (RepDistiller's
+  ``HintLoss``), so the weight does not depend on the feature size. torchdistill's sample
+  FitNet config sums instead (``MSELoss`` with ``reduction='sum'``): its loss is this one
+  times the number of elements (batch x H x W x C), so weights do not carry over between
+  the two without that factor.
   """
   d = _f32(adapted_student_feature) - _f32(teacher_feature)
   return jnp.mean(d * d)
@@ -215,7 +224,7 @@ def attention_transfer(student_features: Sequence, teacher_features: Sequence,
   The paper's eq. 2 writes ``beta/2 sum_j ||Q_s^j/||Q_s^j|| - Q_t^j/||Q_t^j|| ||_p``, a
   non-squared norm, and explains beta = 1e3 as "divided by the number of elements in the
   attention map and batch size", which is the mean here; the factor 1/2 is not in the code.
-  Pairs must share H and W (see ``match_spatial``).
+  Pairs must share N, H and W (``features.paired_stages`` pairs by resolution).
   """
   _check_pairs(student_features, teacher_features)
   total = jnp.float32(0.0)
@@ -234,7 +243,8 @@ def real_to_binary_attention(student_features: Sequence, teacher_features: Seque
   the batch. No weight is applied here: the paper adds it to the cross-entropy and the KD
   term with its own weight, applied by the caller; larq zoo's reproduction
   (larq_zoo/training/multi_stage_experiments.py) uses 30 for attention matching with 3
-  for the logit KD. Pairs must share H and W (see ``match_spatial``).
+  for the logit KD. Pairs must share N, H and W (``features.paired_stages`` pairs by
+  resolution).
   """
   _check_pairs(student_features, teacher_features)
   total = jnp.float32(0.0)
@@ -254,7 +264,7 @@ def _check_pairs(student_features, teacher_features):
   for s, t in zip(student_features, teacher_features):
     if s.ndim != 4 or t.ndim != 4 or s.shape[:3] != t.shape[:3]:
       raise ValueError(f'Attention losses pair NHWC features of equal N, H, W; got student '
-                       f'{tuple(s.shape)} and teacher {tuple(t.shape)} (see match_spatial).')
+                       f'{tuple(s.shape)} and teacher {tuple(t.shape)}.')
 
 
 # ----------------------------------------------------------------------------- RKD
@@ -334,42 +344,8 @@ def rkd_loss(student_embedding, teacher_embedding, distance_weight: float = 25.0
 
 
 # ----------------------------------------------------------------------------- feature plumbing
-def match_spatial(student_feature, teacher_feature):
-  """The student's NHWC map at the teacher's H, W (returned unchanged when they agree).
-
-  An integer downscale factor in both dimensions uses average pooling (window = stride =
-  factor, as RepDistiller's adaptive pooling does then); anything else is a bilinear
-  ``jax.image.resize``.
-  """
-  n, hs, ws, c = student_feature.shape
-  ht, wt = teacher_feature.shape[1:3]
-  if (hs, ws) == (ht, wt):
-    return student_feature
-  if hs % ht == 0 and ws % wt == 0:
-    fh, fw = hs // ht, ws // wt
-    pooled = _f32(student_feature).reshape(n, ht, fh, wt, fw, c).mean(axis=(2, 4))
-    return pooled.astype(student_feature.dtype)
-  return jax.image.resize(student_feature, (n, ht, wt, c), method='bilinear')
-
-
 def pool_embedding(feature):
-  """Global average over H and W: (N, H, W, C) -> (N, C) float32 (RKD's embedding)."""
-  return jnp.mean(_f32(feature), axis=(1, 2))
-
-
-# ----------------------------------------------------------------------------- registry
-LOGIT_LOSSES = {
-    'kd': hinton_kd,
-    'distribution': distribution_loss,
-    'dist': dist_loss,
-}
-
-FEATURE_LOSSES = frozenset({'fitnet', 'at', 'real_to_binary', 'rkd'})
-
-
-def get_logit_loss(name: str):
-  """The logit loss ``name`` (a key of ``LOGIT_LOSSES``); unknown names list the valid ones."""
-  if name not in LOGIT_LOSSES:
-    raise ConfigError(f'Unknown logit loss {name!r}. Available: '
-                      f'{", ".join(sorted(LOGIT_LOSSES))}.')
-  return LOGIT_LOSSES[name]
+  """Global average over the grid: (N, H, W, C) or (N, T, C) -> (N, C) float32 (RKD's
+  embedding; over H and W for a feature map, over the tokens for a token tensor)."""
+  f = _f32(feature)
+  return jnp.mean(f, axis=tuple(range(1, f.ndim - 1)))

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcj.core import checkpoint as checkpoint_lib
-from mcj.compress.distill import losses as distill
+from mcj.core import registry
 from mcj.compress.distill import features as features_lib
+from mcj.compress.distill import objectives  # registers the losses
 from mcj.core.config import ConfigError
 
 TEACHER_KEYS = {'init_from': '', 'model': None, 'weight': 1.0, 'start': 0.0, 'end': 1.0,
@@ -72,6 +73,19 @@ def _model_of_workdir(path: str, where: str) -> dict:
                     'model, e.g. model={"name": "resnet34"}.')
 
 
+def _check_layout(name, layouts, what, feature):
+  """A ConfigError unless feature loss ``name`` applies to ``feature``'s layout."""
+  got = features_lib.layout(feature)
+  if got in layouts:
+    return
+  valid = [n for n in registry.names('feature_loss')
+           if got in registry.info('feature_loss', n).get('layouts', ())]
+  raise ConfigError(
+      f'distill.feature_loss={name!r} applies to {" and ".join(layouts)} features only '
+      f'("image": NHWC maps; "tokens": (batch, tokens, features)), but the {what} gives '
+      f'{got} features of shape {tuple(feature.shape)}; use {" or ".join(valid)} there.')
+
+
 class Distiller:
   """Teachers (models and replicated variables) plus the configured losses.
 
@@ -82,14 +96,23 @@ class Distiller:
   def __init__(self, config, *, get_model, image_shape, num_classes, compute_dtype,
                student, seed, place):
     self.config = config
-    self.logit_loss = distill.get_logit_loss(config.logit_loss) if config.logit_loss else None
-    if config.feature_loss and config.feature_loss not in distill.FEATURE_LOSSES:
-      raise ConfigError(f'Unknown distill.feature_loss {config.feature_loss!r}. Available: '
-                        f'{", ".join(sorted(distill.FEATURE_LOSSES))} (or "" for none).')
-    if not (self.logit_loss or config.feature_loss):
+    # The registered losses (mcj.compress.distill.objectives); unknown names: ConfigError.
+    self.logit_loss = registry.get('logit_loss', config.logit_loss) if config.logit_loss \
+        else None
+    self.feature_loss = registry.get('feature_loss', config.feature_loss) \
+        if config.feature_loss else None
+    self.feature_info = registry.info('feature_loss', config.feature_loss) \
+        if config.feature_loss else {}
+    if not (self.logit_loss or self.feature_loss):
       raise ConfigError('config.distill has teachers but no loss: set distill.logit_loss '
-                        '(kd, distribution, dist) and/or distill.feature_loss.')
-    self.needs_features = bool(config.feature_loss)
+                        f'({", ".join(registry.names("logit_loss"))}) and/or '
+                        f'distill.feature_loss ({", ".join(registry.names("feature_loss"))}).')
+    if (self.logit_loss and config.temperature is not None
+        and registry.info('logit_loss', config.logit_loss).get('temperature') is None):
+      raise ConfigError(f'distill.temperature={config.temperature} is set but '
+                        f'distill.logit_loss={config.logit_loss!r} takes no temperature; '
+                        'unset it (None).')
+    self.needs_features = self.feature_loss is not None
     self.specs = [teacher_spec(s, i) for i, s in enumerate(config.teachers)]
     self.models, self.variables = [], []
     dummy = jax.ShapeDtypeStruct((1,) + tuple(image_shape), jnp.float32)
@@ -132,28 +155,42 @@ class Distiller:
 
     student_stages = jax.eval_shape(lambda: stages(
         student, student.init(jax.random.key(0), dummy_arr(dummy), train=False)))
+    name, info = self.config.feature_loss, self.feature_info
+    layouts = info.get('layouts', (features_lib.IMAGE,))
     shapes = []
     for i, (model, variables) in enumerate(zip(self.models, self.variables)):
       teacher_stages = jax.eval_shape(lambda m=model, v=variables: stages(m, v))
-      pairs = features_lib.paired_stages(student_stages, teacher_stages,
-                                         self.config.feature_stages, self.config.feature_blocks)
-      if not pairs:
-        raise ConfigError(
-            f'distill.feature_loss={self.config.feature_loss!r}: student and teacher {i} share '
-            f'no feature resolution (student {sorted(student_stages)}, teacher '
-            f'{sorted(teacher_stages)}); use a logit loss only.')
-      shapes.append([(s.shape, t.shape) for s, t in pairs])
+      if not (student_stages and teacher_stages):
+        raise ConfigError(f'distill.feature_loss={name!r}: the student or teacher {i} has no '
+                          'feature taps (top-level 4-D NHWC or 3-D token outputs).')
+      if info.get('pairs', True):
+        pairs = objectives.pairs(student_stages, teacher_stages, self.config)
+        if not pairs:
+          raise ConfigError(
+              f'distill.feature_loss={name!r}: student and teacher {i} share no feature '
+              f'grid (student {sorted(student_stages)}, teacher {sorted(teacher_stages)}); '
+              'use a logit loss only.')
+      else:  # compares each model's deepest output (RKD's embedding)
+        pairs = [(features_lib.last_stage(student_stages),
+                  features_lib.last_stage(teacher_stages))]
+      for s, t in pairs:
+        _check_layout(name, layouts, 'student', s)
+        _check_layout(name, layouts, f'teacher {i}', t)
+      shapes.append([(s.shape, t.shape) for s, t in pairs] if info.get('pairs', True)
+                    else [])
     return shapes
 
   def init_adapters(self, rng):
-    """FitNet regressors (student channels -> teacher channels), one per paired stage."""
-    if self.config.feature_loss != 'fitnet':
+    """Trained adapters of the feature loss (FitNets' regressors: student channels ->
+    teacher channels), one per paired stage; {} for losses without (``adapter`` info)."""
+    make = self.feature_info.get('adapter')
+    if make is None:
       return {}
     params = {}
     for i, pairs in enumerate(self.adapter_shapes):
       for j, (s_shape, t_shape) in enumerate(pairs):
-        adapter = distill.FitNetAdapter(features=t_shape[-1])
-        params[f'teacher{i}_stage{j}'] = adapter.init(
+        adapter = make(s_shape, t_shape)
+        params[objectives.adapter_key(i, j)] = adapter.init(
             jax.random.fold_in(rng, 100 * i + j), jnp.zeros((1,) + tuple(s_shape[1:])))['params']
     return params
 
@@ -188,46 +225,15 @@ class Distiller:
         t_logits, t_stages = jax.lax.cond(on, compute, lambda z=zeros: z)
       loss_k = {}
       if self.logit_loss is not None:
-        loss_k['distill/logit_loss'] = self._logit_term(student_logits, t_logits, axis_name)
+        loss_k['distill/logit_loss'] = self.logit_loss(student_logits, t_logits, c, axis_name)
         total = total + weight * c.logit_weight * loss_k['distill/logit_loss']
-      if c.feature_loss:
-        loss_k['distill/feature_loss'] = self._feature_term(student_stages, t_stages,
-                                                            adapter_params, k, axis_name)
+      if self.feature_loss is not None:
+        loss_k['distill/feature_loss'] = self.feature_loss(
+            student_stages, t_stages, config=c, adapters=adapter_params, teacher_index=k,
+            axis_name=axis_name)
         total = total + weight * c.feature_weight * loss_k['distill/feature_loss']
       for name, value in loss_k.items():
         terms[name] = terms.get(name, 0.0) + weight * value
       weight_sum = weight_sum + weight
     weight_sum = jnp.maximum(weight_sum, 1e-12)  # no teacher active: the loss is 0
     return total / weight_sum, {k: v / weight_sum for k, v in terms.items()}
-
-  def _logit_term(self, student_logits, teacher_logits, axis_name):
-    c = self.config
-    if c.logit_loss == 'kd':
-      return distill.hinton_kd(student_logits, teacher_logits, temperature=c.temperature)
-    if c.logit_loss == 'dist':
-      return distill.dist_loss(student_logits, teacher_logits, temperature=c.temperature,
-                               beta=c.dist_beta, gamma=c.dist_gamma, axis_name=axis_name)
-    return self.logit_loss(student_logits, teacher_logits)
-
-  def _feature_term(self, student_stages, teacher_stages, adapter_params, k, axis_name):
-    c = self.config
-    if c.feature_loss == 'rkd':  # on each model's pooled last stage, its embedding
-      s_deep, t_deep = features_lib.last_stage(student_stages), features_lib.last_stage(
-          teacher_stages)
-      return distill.rkd_loss(distill.pool_embedding(s_deep), distill.pool_embedding(t_deep),
-                              distance_weight=c.rkd_distance_weight,
-                              angle_weight=c.rkd_angle_weight, axis_name=axis_name)
-    pairs = features_lib.paired_stages(student_stages, teacher_stages, c.feature_stages,
-                                       c.feature_blocks)
-    if c.feature_loss == 'fitnet':
-      total = 0.0
-      for j, (s, t) in enumerate(pairs):
-        adapter = distill.FitNetAdapter(features=t.shape[-1])
-        adapted = adapter.apply({'params': adapter_params[f'teacher{k}_stage{j}']},
-                                s.astype(jnp.float32))
-        total = total + distill.fitnet_loss(adapted, t)
-      return total
-    students, teachers = [s for s, _ in pairs], [t for _, t in pairs]  # same resolutions
-    if c.feature_loss == 'at':
-      return distill.attention_transfer(students, teachers)
-    return distill.real_to_binary_attention(students, teachers)
