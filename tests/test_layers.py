@@ -8,6 +8,7 @@ import pytest
 from mcj.nn import blocks
 from mcj.nn import inspect
 from mcj.nn import layers
+from mcj.quant import quantizers
 
 
 def _x(shape, seed=0):
@@ -120,10 +121,54 @@ def test_rprelu_and_learnable_bias_formulas():
   np.testing.assert_allclose(blocks.LearnableBias().apply(bias, x)[0], [-1.0, -1.5, 0.0, 3.0])
 
 
-def test_rsign_threshold_shifts_the_sign():
-  x = jnp.array([[0.2, -0.2, 0.0]])
-  params = {'params': {'threshold': {'bias': jnp.array([-0.3, 0.3, 0.0])}}}
-  np.testing.assert_array_equal(blocks.RSign().apply(params, x)[0], [-1.0, 1.0, 1.0])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_rsign_is_learnable_bias_then_the_sign_quantizer(dtype):
+  """ReActNet's RSign as the models build it (official code: LearnableBias, then
+  BinaryActivation): sign(x + bias) with approx_sign's gradient 2 - 2|x + bias| on
+  |x + bias| <= 1, reaching both x and the per-channel bias."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0, 1, (8, 5)), dtype)
+  bias = jnp.array([0.0, 0.5, -0.5, 1.0, -0.25])
+  shift, q = blocks.LearnableBias(dtype), quantizers.get('approx_sign')
+  assert shift.init(jax.random.key(0), x)['params']['bias'].tolist() == [0.0] * 5
+  c = jnp.asarray(rng.uniform(-2, 2, x.shape), dtype)
+  y, vjp = jax.vjp(lambda p, x: q(shift.apply({'params': p}, x)), {'bias': bias}, x)
+  dparams, dx = vjp(c)
+  shifted = (np.asarray(x.astype(jnp.float32), np.float64)
+             + np.asarray(bias.astype(dtype).astype(jnp.float32)))
+  derivative = np.where(np.abs(shifted) <= 1, 2 - 2 * np.abs(shifted), 0.0)
+  c64 = np.asarray(c.astype(jnp.float32), np.float64)
+  tol = dict(rtol=1e-5, atol=1e-6) if dtype == jnp.float32 else dict(rtol=2e-2, atol=5e-2)
+  assert y.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(y.astype(jnp.float32)),
+                                np.where(shifted >= 0, 1.0, -1.0))
+  np.testing.assert_allclose(np.asarray(dx.astype(jnp.float32)), c64 * derivative, **tol)
+  np.testing.assert_allclose(dparams['bias'], (c64 * derivative).sum(0), **tol)
+
+
+def test_batch_norm_running_variance_is_flax_biased_not_torch_unbiased():
+  """One train-mode call: running var = momentum * 1 + (1 - momentum) * biased batch var
+  (flax), not torch's unbiased n / (n - 1) update; the running mean matches torch."""
+  n, momentum = 6, 0.9
+  x = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, (2, 3, 1, 4)), jnp.float32)
+  x64 = np.asarray(x, np.float64).reshape(n, 4)
+  bn = blocks.batch_norm(train=True)
+  variables = bn.init(jax.random.key(0), x)
+  assert variables['batch_stats']['var'].tolist() == [1.0] * 4
+  y, updated = bn.apply(variables, x, mutable=['batch_stats'])
+  stats = updated['batch_stats']
+  biased = x64.var(axis=0)
+  unbiased = x64.var(axis=0, ddof=1)
+  np.testing.assert_allclose(stats['var'], momentum + (1 - momentum) * biased, rtol=1e-5)
+  np.testing.assert_allclose(stats['mean'], (1 - momentum) * x64.mean(axis=0), rtol=1e-5)
+  torch_var = momentum + (1 - momentum) * unbiased
+  # torch's update is larger by (1 - momentum) * biased / (n - 1): measurably different.
+  np.testing.assert_allclose(torch_var - stats['var'], (1 - momentum) * biased / (n - 1),
+                             rtol=1e-4)
+  assert np.all(torch_var - stats['var'] > 1e-3)
+  # Training normalises with the biased batch variance (as torch), eps 1e-5.
+  np.testing.assert_allclose(np.asarray(y).reshape(n, 4),
+                             (x64 - x64.mean(0)) / np.sqrt(biased + 1e-5), rtol=1e-4, atol=1e-5)
 
 
 class _Net(nn.Module):

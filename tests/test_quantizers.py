@@ -143,19 +143,39 @@ def test_ste_tern_fixed_threshold(dtype):
       quantizers.get('ste_tern', threshold_value=0.0)(jnp.array([-1e-3, 0.0, 1e-3])), [-1, 0, 1])
 
 
+def ternary(x, delta):
+  return np.where(x >= delta, 1.0, np.where(x <= -delta, -1.0, 0.0))
+
+
 def test_ste_tern_ternary_weight_networks_threshold():
+  """TWN (Li & Liu 2016, eq. 8) and larq: Delta = 0.7 mean|x| of the unclipped tensor, and
+  the forward thresholds the unclipped x; the clip only shapes the gradient."""
   rng = np.random.default_rng(0)
   w64 = rng.normal(0, 0.7, (4, 4, 3, 6))
-  w64[0, 0, 0, :3] = [1.0, -1.0, 2.5]
+  w64[0, 0, 0, :6] = [1.0, -1.0, 2.5, 4.0, -3.0, 1.2]  # beyond the clip value
+  w64 = w64.astype(np.float32).astype(np.float64)
   q = quantizers.get('ste_tern', ternary_weight_networks=True, clip_value=1.0)
   y, y64, dx, c = forward_and_grad(q, jnp.asarray(w64, jnp.float32))
-  clipped = np.clip(w64, -1, 1)
-  delta = 0.7 * np.abs(clipped).mean()  # TWN, over the whole tensor as larq
-  safe = np.abs(np.abs(clipped) - delta) > 1e-6
-  np.testing.assert_array_equal(y64[safe], np.where(clipped >= delta, 1.0,
-                                                    np.where(clipped <= -delta, -1.0, 0.0))[safe])
+  delta = 0.7 * np.abs(w64).mean()
+  clipped_delta = 0.7 * np.abs(np.clip(w64, -1, 1)).mean()  # the former (wrong) threshold
+  # The tensor tells the two apart: some entries lie between the thresholds.
+  assert np.any(ternary(w64, delta) != ternary(w64, clipped_delta))
+  safe = np.abs(np.abs(w64) - delta) > 1e-6
+  np.testing.assert_array_equal(y64[safe], ternary(w64, delta)[safe])
   # No gradient flows through the threshold: the plain clipped STE.
   np.testing.assert_allclose(dx, c * (np.abs(w64) <= 1.0), rtol=1e-6)
+
+
+def test_ste_tern_threshold_above_the_clip_value():
+  """A threshold beyond clip_value still gives +-1 for |x| >= threshold (larq): the forward
+  is not clipped (clipping first made every output 0)."""
+  x = jnp.array([-3.0, -1.5, -1.4999, -1.0, -0.5, 0.0, 0.5, 1.0, 1.4999, 1.5, 3.0])
+  q = quantizers.get('ste_tern', threshold_value=1.5, clip_value=1.0)
+  y, y64, dx, c = forward_and_grad(q, x)
+  x64 = np.asarray(x, np.float64)
+  np.testing.assert_array_equal(y64, ternary(x64, 1.5))
+  np.testing.assert_array_equal(y64, [-1, -1, 0, 0, 0, 0, 0, 0, 0, 1, 1])
+  np.testing.assert_allclose(dx, c * (np.abs(x64) <= 1.0), rtol=1e-6)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
@@ -334,30 +354,6 @@ def init_and_grads(spec, x, params_update=None, seed=1):
   return variables['params'], params, y, dparams, dx, np.asarray(c.astype(jnp.float32), np.float64)
 
 
-@pytest.mark.parametrize('dtype', DTYPES)
-def test_rsign_learned_threshold(dtype):
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(0, 1, (8, 5)), dtype)
-  thresholds = jnp.array([0.0, 0.5, -0.5, 1.0, -0.25])
-  init, params, y, dparams, dx, c = init_and_grads(
-      'rsign', x, lambda p: {'LearnedThresholdSign_0': {'threshold': thresholds}})
-  assert jax.tree.map(jnp.shape, init) == {'LearnedThresholdSign_0': {'threshold': (5,)}}
-  np.testing.assert_array_equal(init['LearnedThresholdSign_0']['threshold'], 0)
-  shifted = (np.asarray(x.astype(jnp.float32), np.float64) -
-             np.asarray(thresholds.astype(dtype).astype(jnp.float32)))
-  derivative = np.where(np.abs(shifted) <= 1, 2 - 2 * np.abs(shifted), 0.0)  # approx_sign
-  assert y.dtype == dtype
-  np.testing.assert_array_equal(np.asarray(y.astype(jnp.float32)), sign(shifted))
-  np.testing.assert_allclose(dx.astype(jnp.float32), c * derivative, **tolerance(dtype))
-  np.testing.assert_allclose(dparams['LearnedThresholdSign_0']['threshold'],
-                             -(c * derivative).sum(0), **tolerance(dtype))
-  q = quantizers.resolve('rsign(quantizer="ste_sign(clip_value=1.5)")')
-  assert q.precision == 1 and q.quantizer_name == 'rsign'
-  _, _, _, _, dx, c = init_and_grads('rsign(quantizer="ste_sign(clip_value=1.5)")',
-                                     x.astype(jnp.float32))
-  np.testing.assert_allclose(dx, c * (np.abs(np.asarray(x, np.float64)) <= 1.5), rtol=1e-6)
-
-
 def lsq_reference(x, step, qn, qp, c):
   v = x / step
   y = np.round(np.clip(v, -qn, qp)) * step
@@ -428,16 +424,15 @@ def test_pact_forward_and_alpha_gradient(bits, dtype):
 # ----------------------------------------------------------------------------- registry
 PRECISIONS = {'ste_sign': 1, 'approx_sign': 1, 'swish_sign': 1, 'magnitude_aware_sign': 1,
               'ste_heaviside': 1, 'hard_sign': 1, 'ste_tern': 2, 'dorefa': 2, 'ede': 1,
-              'irnet_weight': 1, 'bnext_weight': 1, 'rsign': 1, 'lsq': 4, 'pact': 4,
-              'noop': 32}
+              'irnet_weight': 1, 'bnext_weight': 1, 'lsq': 4, 'pact': 4, 'noop': 32}
 
 
-def test_every_registered_quantizer_has_precision_and_name():
+def test_every_registered_quantizer_has_its_precision():
+  # No 'rsign': ReActNet's RSign is blocks.LearnableBias then a sign quantizer (test_layers).
   assert set(registry.names('quantizer')) == set(PRECISIONS)
   for name, bits in PRECISIONS.items():
     q = quantizers.get(name)
     assert q.precision == bits and quantizers.precision_of(q) == bits
-    assert q.quantizer_name == name
   assert quantizers.precision_of(None) == 32
   assert quantizers.resolve('dorefa(k_bit=3, mode="weights")').precision == 3
   assert quantizers.resolve('lsq(bits=8, signed=False)').precision == 8
@@ -465,18 +460,51 @@ def test_resolve_specs():
     ('dorefa(mode="kernel")', "'activations' or 'weights'"),
     ('dorefa(k_bit=0)', 'k_bit >= 1'),
     ('lsq(bits=1)', 'bits >= 2'),
-    ('lsq(step_init=-1.0)', 'step_init must be > 0'),
-    ('pact(alpha_init=0.0)', 'alpha_init must be > 0'),
-    ('ede(t_min=0.0)', '0 < t_min <= t_max'),
+    ('lsq(step_init=-1.0)', 'lsq step_init must be a number > 0'),
+    ('pact(alpha_init=0.0)', 'pact alpha_init must be a number > 0'),
+    ('ede(t_min=0.0)', 'ede t_min must be a number > 0'),
     ('irnet_weight(t_min=10.0, t_max=1.0)', '0 < t_min <= t_max'),
     ('bnext_weight(decay=1.5)', '0 < decay < 1'),
     ('noop(precision=0)', 'precision >= 1'),
-    ('rsign(quantizer="none")', 'needs a sign quantizer'),
+    # None or a wrong type is caught when the quantizer is built, not at the first call.
+    ('ste_sign(clip_value=None)', 'ste_sign clip_value must be a number > 0'),
+    ('ste_sign(clip_value="1.0")', "clip_value must be a number > 0 (float('inf')"),
+    ('ste_sign(clip_value=0.0)', 'ste_sign clip_value must be a number > 0'),
+    ('ste_sign(clip_value=True)', 'ste_sign clip_value must be a number > 0'),
+    ('magnitude_aware_sign(clip_value=None)', 'magnitude_aware_sign clip_value must be'),
+    ('ste_heaviside(clip_value=None)', 'ste_heaviside clip_value must be'),
+    ('hard_sign(clip_value=-1.5)', 'hard_sign clip_value must be'),
+    ('swish_sign(beta=None)', 'swish_sign beta must be a number > 0'),
+    ('ste_tern(threshold_value=None)', 'ste_tern threshold_value must be a number >= 0'),
+    ('ste_tern(threshold_value=-0.1)', 'ste_tern threshold_value must be a number >= 0'),
+    ('ste_tern(clip_value=None)', 'ste_tern clip_value must be'),
+    ('ste_tern(ternary_weight_networks="yes")', 'ternary_weight_networks must be True or False'),
+    ('ede(t_max=None)', 'ede t_max must be a number > 0'),
+    ('irnet_weight(t_min=None)', 'irnet_weight t_min must be a number > 0'),
+    ('bnext_weight(decay=None)', '0 < decay < 1'),
+    ('bnext_weight(epochs="512")', 'epochs > 0'),
+    ('dorefa(k_bit=None)', 'k_bit >= 1'),
+    ('dorefa(k_bit=True)', 'k_bit >= 1'),
+    ('dorefa(k_bit=2.0)', 'k_bit >= 1'),
+    ('lsq(bits=None)', 'bits >= 2'),
+    ('lsq(signed=None)', 'lsq signed must be True or False'),
+    ('lsq(step_init="0.1")', 'lsq step_init must be a number > 0'),
+    ('pact(bits=None)', 'bits >= 1'),
+    ('pact(alpha_init=None)', 'pact alpha_init must be a number > 0'),
+    ('noop(precision=None)', 'precision >= 1'),
 ])
 def test_bad_names_and_options_are_config_errors(spec, message):
   with pytest.raises(ConfigError) as e:
     quantizers.resolve(spec)
-  assert message in str(e.value)
+  assert message in str(e.value) and '\n' not in str(e.value)
+
+
+def test_infinite_clip_value_is_the_identity_gradient():
+  x, x64 = points(jnp.float32)
+  q = quantizers.get('ste_sign', clip_value=float('inf'))
+  _, y64, dx, c = forward_and_grad(q, x)
+  np.testing.assert_array_equal(y64, sign(x64))
+  np.testing.assert_allclose(dx, c, rtol=1e-6)
 
 
 def test_unknown_name_lists_every_valid_name():

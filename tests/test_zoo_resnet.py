@@ -14,6 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mcj.core import registry
+from mcj.nn import inspect
+from mcj.nn import layers
 from mcj.quant import quantizers
 from mcj.core.config import ConfigError, load_config
 from mcj.models import get_model
@@ -109,7 +112,7 @@ def _shape_of(name):
 
 
 def test_registered():
-  assert set(binary_resnet.MODELS) <= set(MODELS)
+  assert set(binary_resnet.MODELS) <= set(registry.names('model'))
   assert set(NAMES) == {'xnor_resnet18', 'birealnet18', 'birealnet34', 'binary_resnet_e18',
                         'real_to_binary', 'reactnet_resnet18', 'binary_resnet20',
                         'binary_resnet18_cifar', 'binary_vgg_small'}
@@ -141,7 +144,25 @@ def test_float_twin_has_the_same_params_and_no_binary_ones(name):
   params, stats, _, _ = _stats(name, shape)
   twin = _stats(name, shape, input_quantizer=None, kernel_quantizer=None)
   assert twin[:3] == (params, stats, 0)
-  assert twin[3] == 4 * (params + stats)
+  # The binary model's 1-bit entries are exactly the kernels of its QuantConvs with a 1-bit
+  # kernel quantizer, counted here from the traced layers rather than from the mask.
+  classes = 1000 if shape == IMAGENET else 10  # as _stats
+  model = get_model(name, classes)
+  variables, calls = inspect.trace_layers(model, shape)
+  kernels = {m.path: m for m, _, _ in calls if isinstance(m, layers.QuantConv)
+             and quantizers.precision_of(m.kernel_q()) == 1}
+  flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+  one_bit = sum(v.size for p, v in flat
+                if p[-1].key == 'kernel' and tuple(k.key for k in p[:-1]) in kernels)
+  _, _, binary, size = _stats(name, shape)
+  assert one_bit == binary > 0
+  # The float twin really stores every variable as float32: its size is the variables'
+  # bytes; the binary model saves 31 of every 32 bits on exactly those kernels.
+  twin_vars, _ = inspect.trace_layers(
+      get_model(name, classes, input_quantizer=None, kernel_quantizer=None), shape)
+  stored = (twin_vars['params'], twin_vars.get('batch_stats', {}))
+  assert twin[3] == sum(v.size * v.dtype.itemsize for v in jax.tree.leaves(stored))
+  assert twin[3] - size == one_bit * 31 / 8
 
 
 def test_real_to_binary_stages():
@@ -217,7 +238,7 @@ def test_binary_resnet20_trains_on_digits_shape():
   assert all(jax.tree.leaves(changed))
 
 
-@pytest.mark.parametrize('block', [binary_resnet.BiRealBlock, binary_resnet.ReActBlock])
+@pytest.mark.parametrize('block', [binary_resnet.BiRealBlock, binary_resnet.ReActBiRealBlock])
 def test_inference_params_are_scaled_signs_and_keep_outputs(block):
   """Bi-Real/ReActNet kernels deploy as +-mean|W| per output channel, same logits."""
   model = binary_resnet.BiRealNet(num_classes=5, stage_sizes=(1, 1), widths=(8, 16),
@@ -254,25 +275,33 @@ CONFIGS = [
 @pytest.mark.parametrize('path, arg', [(p, a) for p, args in CONFIGS for a in args])
 def test_configs_build_their_models(path, arg):
   """Each variant merges into the trainer's config and its :runlocal model builds at 32x32
-  with the right quantized layers."""
-  for spec in (f'{path}:{arg}', f'{path}:{arg},runlocal'):
-    config = merge_config(load_config(spec))
-  assert config.data.image_size == 32 and config.data.num_classes == 10
-  assert config.data.num_train_examples == 64
-  options = {k: v for k, v in config.model.items() if k != 'name'}
-  model = get_model(config.model.name, 10, **options)
-  _, calls = inspect.trace_layers(model, (32, 32, 3))
-  quant = [m for m, _, _ in calls if inspect.is_quant_layer(m)]
-  bits = {(quantizers.precision_of(m.input_q()), quantizers.precision_of(m.kernel_q()))
-          for m in quant}
+  with the right quantized layers; the full (non-runlocal) variant builds the same model."""
   if 'stage=fp' in arg:
-    assert bits == {(32, 32)}
+    want = {(32, 32)}
   elif 'stage=ban' in arg:
-    assert bits == {(1, 32)}
+    want = {(1, 32)}
   elif 'float_activations' in arg:
-    assert bits == {(32, 1)}
+    want = {(32, 1)}
   else:
-    assert bits == {(1, 1)}
+    want = {(1, 1)}
+  models = {}
+  for runlocal in (False, True):
+    config = merge_config(load_config(f'{path}:{arg},runlocal' if runlocal else f'{path}:{arg}'))
+    if runlocal:
+      assert config.data.image_size == 32 and config.data.num_classes == 10
+      assert config.data.num_train_examples == 64
+    else:
+      assert config.data.name != 'synthetic' and config.total_steps != 2
+    options = {k: v for k, v in config.model.items() if k != 'name'}
+    assert f"model={config.model.name}" in arg
+    model = get_model(config.model.name, 10, **options)
+    _, calls = inspect.trace_layers(model, (32, 32, 3))
+    quant = [m for m, _, _ in calls if inspect.is_quant_layer(m)]
+    bits = {(quantizers.precision_of(m.input_q()), quantizers.precision_of(m.kernel_q()))
+            for m in quant}
+    assert bits == want, (runlocal, bits)
+    models[runlocal] = config.model
+  assert models[False] == models[True]
 
 
 def test_config_recipes():

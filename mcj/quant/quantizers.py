@@ -4,7 +4,9 @@
 accepts ``None``/``'none'`` (no quantization), a callable, or a spec string such as
 ``'ste_sign(clip_value=1.5)'`` (the form configs use). Every quantizer carries a
 ``precision`` attribute (bits: 1 for sign functions, 2 for ternary, k for k-bit), which the
-summary reads to count binary params, model size and BOPs, and a ``quantizer_name``.
+summary reads to count binary params, model size and BOPs. Options are checked when the
+quantizer is built: a missing or wrong-typed value (``ste_sign(clip_value=None)``) is one
+``ConfigError`` line, not an error at the first call.
 
 Each forward value and gradient follows the paper named in its docstring; the formulas are
 tested at many points, boundaries included, in ``tests/test_quantizers.py``.
@@ -23,7 +25,6 @@ hard_sign                   BNext activation sign, straight-through gradient on 
 bnext_weight                BNext weights: temperature-annealed clip -> sign
 ede                         IR-Net sign with the error-decay estimator
 irnet_weight                IR-Net weights: per-filter balance, EDE sign, 2^n scale
-rsign                       ReActNet RSign: learned per-channel threshold, then sign
 lsq                         LSQ k-bit with a learned step size
 pact                        PACT k-bit activations with a learned clipping level
 noop                        identity that declares a precision (larq NoOp)
@@ -32,9 +33,15 @@ noop                        identity that declares a precision (larq NoOp)
 Sign functions map 0 to +1 (as larq), so a binary tensor only ever holds +-1 (the PyTorch
 references use ``torch.sign``, which maps 0 to 0; with float inputs this never matters).
 
-Quantizers with learned parameters (``rsign``, ``lsq``, ``pact``) are functions that build a
-small Flax module when called, so they must be called inside a module's ``@nn.compact``
-method (as ``mcj.layers`` does); the module becomes a child of the calling layer.
+ReActNet's RSign (a learned per-channel threshold, then sign) is not a quantizer here: it is
+``mcj.nn.blocks.LearnableBias`` (the shift, param ``bias``) followed by the next layer's sign
+input quantizer (``approx_sign`` in ReActNet), as the official code's ``LearnableBias`` then
+``BinaryActivation`` and as ``mcj.models`` builds it; the shift is then a param of the block,
+beside the conv.
+
+Quantizers with learned parameters (``lsq``, ``pact``) are functions that build a small Flax
+module when called, so they must be called inside a module's ``@nn.compact`` method (as
+``mcj.layers`` does); the module becomes a child of the calling layer.
 
 Quantizers whose behaviour changes over training (IR-Net's error-decay estimator, BNext's
 annealed weights) read ``current_progress()``, the fraction of training done in [0, 1],
@@ -45,7 +52,8 @@ import contextlib
 import contextvars
 import functools
 import math
-from typing import Any, Callable
+import numbers
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -97,7 +105,7 @@ def _sign_forward(x, *schedule):
 PRECISION_SCOPE = 'quantized_{bits}bit'
 
 
-def _with_precision(fn, precision: int, name: str):
+def _with_precision(fn, precision: int):
   """``fn`` tagged with its output ``precision`` (bits) and traced inside the scope
   ``PRECISION_SCOPE``, so the summary sees the precision of every op operand it feeds."""
   scope = PRECISION_SCOPE.format(bits=precision)
@@ -107,7 +115,6 @@ def _with_precision(fn, precision: int, name: str):
       return fn(x)
 
   quantize.precision = precision
-  quantize.quantizer_name = name
   return quantize
 
 
@@ -121,6 +128,38 @@ def precision_of(quantizer) -> int:
 def _check(condition: bool, message: str):
   if not condition:
     raise ConfigError(message)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _number(quantizer: str, option: str, value, *, minimum: float = 0.0,
+            inclusive: bool = False, allow_inf: bool = False) -> float:
+  """``value`` as a float, or one ConfigError line: a real number (not None, a string or a
+  bool) above ``minimum`` (or equal to it with ``inclusive``), finite unless ``allow_inf``."""
+  ok = _is_number(value) and not math.isnan(value) and (
+      value >= minimum if inclusive else value > minimum) and (allow_inf or math.isfinite(value))
+  bound = f'>= {minimum:g}' if inclusive else f'> {minimum:g}'
+  extra = " (float('inf') for an identity gradient)" if allow_inf else ''
+  _check(ok, f'{quantizer} {option} must be a number {bound}{extra}, got {value!r}.')
+  return float(value)
+
+
+def _clip_value(quantizer: str, value) -> float:
+  return _number(quantizer, 'clip_value', value, allow_inf=True)
+
+
+def _integer(quantizer: str, option: str, value, minimum: int) -> int:
+  """``value`` as an int >= ``minimum``, or one ConfigError line (bools are not integers)."""
+  _check(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum,
+         f'{quantizer} needs an integer {option} >= {minimum}, got {value!r}.')
+  return int(value)
+
+
+def _flag(quantizer: str, option: str, value) -> bool:
+  _check(isinstance(value, bool), f'{quantizer} {option} must be True or False, got {value!r}.')
+  return value
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -176,7 +215,8 @@ def ste_sign(clip_value: float = 1.0) -> Quantizer:
   Forward ``sign(x)``; gradient ``g * 1[|x| <= clip_value]``. ``clip_value=inf`` gives the
   identity gradient.
   """
-  return _with_precision(lambda x: _ste_sign(x, float(clip_value)), 1, 'ste_sign')
+  clip_value = _clip_value('ste_sign', clip_value)
+  return _with_precision(lambda x: _ste_sign(x, clip_value), 1)
 
 
 @jax.custom_vjp
@@ -201,7 +241,7 @@ def approx_sign() -> Quantizer:
 
   Forward ``sign(x)``; gradient ``g * (2 - 2|x|)`` for ``|x| <= 1``, else 0.
   """
-  return _with_precision(_approx_sign, 1, 'approx_sign')
+  return _with_precision(_approx_sign, 1)
 
 
 def _swish_sign_derivative(x, beta):
@@ -217,9 +257,9 @@ def swish_sign(beta: float = 5.0) -> Quantizer:
   the derivative of ``2 sigmoid(beta x) (1 + beta x (1 - sigmoid(beta x))) - 1``: 2 beta / 2 =
   beta at 0, slightly negative beyond |x| ~ 2.4 / beta, and 0 (not NaN) far out.
   """
-  beta = float(beta)
+  beta = _number('swish_sign', 'beta', beta)
   derivative = functools.partial(_swish_sign_derivative, beta=beta)
-  return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1, 'swish_sign')
+  return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1)
 
 
 @registry.register('quantizer', 'magnitude_aware_sign')
@@ -230,13 +270,13 @@ def magnitude_aware_sign(clip_value: float = 1.0) -> Quantizer:
   pass, times ``ste_sign(W, clip_value)``. Output in {-a, +a} per channel: 1 bit plus a
   per-channel float.
   """
-  clip_value = float(clip_value)
+  clip_value = _clip_value('magnitude_aware_sign', clip_value)
 
   def quantize(x):
     scale = jnp.mean(jnp.abs(x), axis=tuple(range(x.ndim - 1)))
     return jax.lax.stop_gradient(scale).astype(x.dtype) * _ste_sign(x, clip_value)
 
-  return _with_precision(quantize, 1, 'magnitude_aware_sign')
+  return _with_precision(quantize, 1)
 
 
 @registry.register('quantizer', 'ste_heaviside')
@@ -246,13 +286,13 @@ def ste_heaviside(clip_value: float = 1.0) -> Quantizer:
   Forward 1 if ``x > 0`` else 0 (0 at x = 0, as larq's ``sign(relu(x))``); gradient
   ``g * 1[|x| <= clip_value]``. One bit, but {0, 1} rather than +-1.
   """
-  clip_value = float(clip_value)
+  clip_value = _clip_value('ste_heaviside', clip_value)
 
   def forward(x):
     return (x > 0).astype(x.dtype)
 
   derivative = functools.partial(_inside, clip_value=clip_value)
-  return _with_precision(lambda x: _elementwise(forward, derivative, x), 1, 'ste_heaviside')
+  return _with_precision(lambda x: _elementwise(forward, derivative, x), 1)
 
 
 @registry.register('quantizer', 'hard_sign')
@@ -264,9 +304,9 @@ def hard_sign(clip_value: float = 1.5) -> Quantizer:
   BNext's ``HardSign`` also holds a temperature, but in its (default, non-progressive) mode
   ``sign(clamp(x / T, -1, 1)) = sign(x)`` for any T > 0, so it plays no part here.
   """
-  clip_value = float(clip_value)
+  clip_value = _clip_value('hard_sign', clip_value)
   derivative = functools.partial(_inside, clip_value=clip_value)
-  return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1, 'hard_sign')
+  return _with_precision(lambda x: _elementwise(_sign, derivative, x), 1)
 
 
 # ----------------------------------------------------------------------------- IR-Net
@@ -284,8 +324,13 @@ def _ede_sign(x, t_min, t_max):
   return _elementwise(_sign_forward, _ede_derivative, x, _ede_temperature(t_min, t_max))
 
 
-def _check_ede(t_min, t_max):
-  _check(0 < t_min <= t_max, f'ede needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}.')
+def _check_ede(quantizer, t_min, t_max):
+  """(t_min, t_max) as floats, or one ConfigError line."""
+  t_min = _number(quantizer, 't_min', t_min)
+  t_max = _number(quantizer, 't_max', t_max)
+  _check(t_min <= t_max,
+         f'{quantizer} needs 0 < t_min <= t_max, got t_min={t_min}, t_max={t_max}.')
+  return t_min, t_max
 
 
 @registry.register('quantizer', 'ede')
@@ -299,9 +344,8 @@ def ede(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
   follows the progress continuously. Defaults are the paper's (and the official VGG-Small
   code's) T_min = 0.1, T_max = 10; the official ResNet-20 code uses t_min = 1e-3.
   """
-  t_min, t_max = float(t_min), float(t_max)
-  _check_ede(t_min, t_max)
-  return _with_precision(lambda x: _ede_sign(x, t_min, t_max), 1, 'ede')
+  t_min, t_max = _check_ede('ede', t_min, t_max)
+  return _with_precision(lambda x: _ede_sign(x, t_min, t_max), 1)
 
 
 @registry.register('quantizer', 'irnet_weight')
@@ -314,8 +358,7 @@ def irnet_weight(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
   power of two ``2^round(log2(mean|W_std|))`` (a bit shift at inference). A filter with
   zero spread gives 0 rather than NaN.
   """
-  t_min, t_max = float(t_min), float(t_max)
-  _check_ede(t_min, t_max)
+  t_min, t_max = _check_ede('irnet_weight', t_min, t_max)
 
   def quantize(w):
     axes = tuple(range(w.ndim - 1))
@@ -328,7 +371,7 @@ def irnet_weight(t_min: float = 0.1, t_max: float = 10.0) -> Quantizer:
     out = _ede_sign(standardised, t_min, t_max) * jax.lax.stop_gradient(scale)
     return out.astype(w.dtype)
 
-  return _with_precision(quantize, 1, 'irnet_weight')
+  return _with_precision(quantize, 1)
 
 
 # ----------------------------------------------------------------------------- BNext weights
@@ -357,15 +400,16 @@ def bnext_weight(decay: float = 0.9, epochs: int = 512) -> Quantizer:
   trainer's ``config.binary.latent_clip = 1.5`` for that (it does not change the forward
   value, since ``clip(W / T, -1, 1)`` already saturates there for ``T <= 1``).
   """
+  _check(_is_number(decay) and 0 < decay < 1 and _is_number(epochs) and 0 < epochs < math.inf,
+         f'bnext_weight needs 0 < decay < 1 and epochs > 0, got decay={decay!r}, '
+         f'epochs={epochs!r}.')
   decay, epochs = float(decay), float(epochs)
-  _check(0 < decay < 1 and epochs > 0,
-         f'bnext_weight needs 0 < decay < 1 and epochs > 0, got decay={decay}, epochs={epochs}.')
 
   def quantize(w):
     temperature = decay ** (_progress_array() * epochs)
     return _elementwise(_bnext_forward, lambda x, t: jnp.ones_like(x), w, temperature)
 
-  return _with_precision(quantize, 1, 'bnext_weight')
+  return _with_precision(quantize, 1)
 
 
 # ----------------------------------------------------------------------------- ternary, k-bit
@@ -374,30 +418,31 @@ def ste_tern(threshold_value: float = 0.05, ternary_weight_networks: bool = Fals
              clip_value: float = 1.0) -> Quantizer:
   """Ternarization with the straight-through estimator (larq ``ste_tern``).
 
-  Forward ``sign(sign(x + D) + sign(x - D))`` on ``x`` clipped to ``+-clip_value``: +1 for
-  ``x >= D``, -1 for ``x <= -D``, 0 between. ``D = threshold_value``, or with
-  ``ternary_weight_networks=True`` ``D = 0.7 mean|x|`` over the whole tensor (Li & Liu 2016,
-  TWN), a constant in the backward pass. Gradient ``g * 1[|x| <= clip_value]``.
+  Forward ``sign(sign(x + D) + sign(x - D))`` on the unclipped ``x``: +1 for ``x >= D``, -1
+  for ``x <= -D``, 0 between (0 at x = 0 when D = 0). ``D = threshold_value``, or with
+  ``ternary_weight_networks=True`` ``D = 0.7 mean|x|`` over the whole, unclipped tensor
+  (Li & Liu 2016, TWN eq. 8; larq), a constant in the backward pass. ``clip_value`` only
+  shapes the gradient, ``g * 1[|x| <= clip_value]``: it does not clip the forward input, so
+  a threshold above it still gives +-1 beyond the threshold.
   """
-  threshold_value, clip_value = float(threshold_value), float(clip_value)
-  twn = bool(ternary_weight_networks)
+  threshold_value = _number('ste_tern', 'threshold_value', threshold_value, inclusive=True)
+  clip_value = _clip_value('ste_tern', clip_value)
+  twn = _flag('ste_tern', 'ternary_weight_networks', ternary_weight_networks)
 
   def forward(x, threshold):
-    x = jnp.clip(x, -clip_value, clip_value)
-    t = threshold.astype(x.dtype)
+    t = threshold.astype(x.dtype)  # larq compares in the input dtype
     return jnp.sign(jnp.sign(x + t) + jnp.sign(x - t))
 
   derivative = lambda x, threshold: _inside(x, clip_value)
 
   def quantize(x):
     if twn:
-      clipped = jnp.clip(x.astype(jnp.float32), -clip_value, clip_value)
-      threshold = jax.lax.stop_gradient(0.7 * jnp.mean(jnp.abs(clipped)))
+      threshold = jax.lax.stop_gradient(0.7 * jnp.mean(jnp.abs(x.astype(jnp.float32))))
     else:
       threshold = jnp.asarray(threshold_value, jnp.float32)
     return _elementwise(forward, derivative, x, threshold)
 
-  return _with_precision(quantize, 2, 'ste_tern')
+  return _with_precision(quantize, 2)
 
 
 def _round_k_bit(x, k_bit):
@@ -417,8 +462,7 @@ def dorefa(k_bit: int = 2, mode: str = 'activations') -> Quantizer:
   ``quantize_k(r) = round((2^k - 1) r) / (2^k - 1)``. The paper's special case for 1-bit
   weights (``sign(W) E|W|``) is not applied (as larq).
   """
-  _check(isinstance(k_bit, int) and k_bit >= 1,
-         f'dorefa needs an integer k_bit >= 1, got {k_bit!r}.')
+  k_bit = _integer('dorefa', 'k_bit', k_bit, 1)
   _check(mode in ('activations', 'weights'),
          f"dorefa mode must be 'activations' or 'weights', got {mode!r}.")
 
@@ -437,49 +481,18 @@ def dorefa(k_bit: int = 2, mode: str = 'activations') -> Quantizer:
     unit = jnp.where(peak > 0, limited / (2 * jnp.where(peak > 0, peak, 1.0)), 0.0) + 0.5
     return (2 * quantize_unit(unit) - 1).astype(w.dtype)
 
-  return _with_precision(activations if mode == 'activations' else weights, k_bit, 'dorefa')
+  return _with_precision(activations if mode == 'activations' else weights, k_bit)
 
 
 @registry.register('quantizer', 'noop')
 def noop(precision: int = 32) -> Quantizer:
   """The identity, declaring ``precision`` bits (larq ``NoOp``): for tensors that are
   already quantized, or to count a layer at a given precision in the summary."""
-  _check(isinstance(precision, int) and precision >= 1,
-         f'noop needs an integer precision >= 1, got {precision!r}.')
-  return _with_precision(lambda x: x, precision, 'noop')
+  precision = _integer('noop', 'precision', precision, 1)
+  return _with_precision(lambda x: x, precision)
 
 
 # ----------------------------------------------------------------------------- learned quantizers
-class LearnedThresholdSign(nn.Module):
-  """ReActNet's RSign (Liu et al. 2020): ``sign(x - threshold)`` with a learned
-  per-channel (last axis) threshold, initialised to 0.
-
-  The official code (liuzechun/ReActNet) adds a ``LearnableBias`` instead, which is the
-  same function with ``bias = -threshold``.
-  """
-  sign: Callable = _approx_sign
-
-  @nn.compact
-  def __call__(self, x):
-    threshold = self.param('threshold', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-    return self.sign(x - threshold.astype(x.dtype))
-
-
-@registry.register('quantizer', 'rsign')
-def rsign(quantizer: Any = 'approx_sign') -> Quantizer:
-  """ReActNet's RSign (Liu et al. 2020): a learned per-channel threshold, then ``quantizer``
-  (default ``approx_sign``, the gradient ReActNet's ``BinaryActivation`` uses). Builds a
-  ``LearnedThresholdSign`` module (param ``threshold``) when called inside a Flax module.
-  """
-  sign = resolve(quantizer)
-  _check(sign is not None, 'rsign needs a sign quantizer, got none.')
-
-  def quantize(x):
-    return LearnedThresholdSign(sign)(x)
-
-  return _with_precision(quantize, precision_of(sign), 'rsign')
-
-
 def _lsq_levels(bits: int, signed: bool):
   """(Qn, Qp): the quantized integers run from -Qn to Qp (LSQ section 2)."""
   if signed:
@@ -549,16 +562,17 @@ def lsq(bits: int = 4, signed: bool = True, step_init: float | None = None) -> Q
   ``signed=True`` for weights and signed activations (levels -2^(b-1) .. 2^(b-1) - 1),
   ``False`` for non-negative activations (0 .. 2^b - 1).
   """
-  _check(isinstance(bits, int) and bits >= (2 if signed else 1),
+  signed = _flag('lsq', 'signed', signed)
+  _check(isinstance(bits, numbers.Integral) and not isinstance(bits, bool)
+         and bits >= (2 if signed else 1),
          f'lsq needs an integer bits >= {2 if signed else 1} (signed={signed}), got {bits!r}.')
-  _check(step_init is None or step_init > 0, f'lsq step_init must be > 0, got {step_init!r}.')
-  bits, signed = int(bits), bool(signed)
-  step_init = None if step_init is None else float(step_init)
+  bits = int(bits)
+  step_init = None if step_init is None else _number('lsq', 'step_init', step_init)
 
   def quantize(x):
     return LSQ(bits, signed, step_init)(x)
 
-  return _with_precision(quantize, bits, 'lsq')
+  return _with_precision(quantize, bits)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -603,14 +617,13 @@ class PACT(nn.Module):
 @registry.register('quantizer', 'pact')
 def pact(bits: int = 4, alpha_init: float = 10.0) -> Quantizer:
   """PACT k-bit activation quantizer with a learned clipping level; see ``PACT``."""
-  _check(isinstance(bits, int) and bits >= 1, f'pact needs an integer bits >= 1, got {bits!r}.')
-  _check(alpha_init > 0, f'pact alpha_init must be > 0, got {alpha_init!r}.')
-  bits, alpha_init = int(bits), float(alpha_init)
+  bits = _integer('pact', 'bits', bits, 1)
+  alpha_init = _number('pact', 'alpha_init', alpha_init)
 
   def quantize(x):
     return PACT(bits, alpha_init)(x)
 
-  return _with_precision(quantize, bits, 'pact')
+  return _with_precision(quantize, bits)
 
 
 # ----------------------------------------------------------------------------- lookup

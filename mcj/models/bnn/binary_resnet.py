@@ -161,10 +161,12 @@ class BiRealBlock(_Options):
     return x + y
 
 
-class ReActBlock(_Options):
-  """ReActNet's Bi-Real block (Liu et al. 2020, official ``resnet/*/birealnet.py``): a
-  learned per-channel shift before the sign (RSign), the binary conv + BN + shortcut, then
-  RPReLU (shift, PReLU, shift)."""
+class ReActBiRealBlock(_Options):
+  """ReActNet's ResNet-18 block: Bi-Real's single binary 3x3 conv with RSign and RPReLU
+  (Liu et al. 2020, official ``resnet/*/birealnet.py``): RSign (a learned per-channel shift,
+  ``blocks.LearnableBias`` named ``rsign_shift``, then the conv's sign input quantizer), the
+  binary conv + BN + shortcut, then RPReLU (shift, PReLU, shift). The MobileNet-shaped
+  ReActNet-A has its own two-conv block, ``reactnet.ReActNetABlock``."""
   features: int = 64
   stride: int = 1
 
@@ -186,7 +188,7 @@ class BiRealNet(_Options):
   with the STE clipped at |W| <= 1); float stem (7x7 conv, BN, max-pool, no ReLU, as the
   official code) and classifier; downsampling shortcut = avg-pool + float 1x1 conv + BN.
 
-  ``block=ReActBlock`` gives ReActNet's ResNet-18 (``reactnet_resnet18``).
+  ``block=ReActBiRealBlock`` gives ReActNet's ResNet-18 (``reactnet_resnet18``).
 
   Differences from the official PyTorch code: latent weights start kaiming-normal (there:
   uniform in [0, 1e-3]), and their gradient is the clipped STE times the per-channel
@@ -342,11 +344,22 @@ class IRNetBasicBlock(_Options):
     return _hardtanh(x + y)
 
 
-class IRNetCifarResNet(_Options):
-  """IR-Net's CIFAR ResNets (Qin et al. 2020; htqin/IR-Net): float 3x3 stem conv + BN
-  (+ Hardtanh for ResNet-20), binary blocks, global average pool, BatchNorm1d, float
-  classifier. Weights by IR-Net's balanced, standardised sign with a power-of-two scale
-  (``irnet_weight``), activations by the error-decay estimator (``ede``)."""
+class BinaryCifarResNet(_Options):
+  """Binary CIFAR ResNets in IR-Net's layouts (Qin et al. 2020; htqin/IR-Net): float 3x3
+  stem conv + BN (+ Hardtanh for ResNet-20), binary blocks, global average pool,
+  BatchNorm1d, float classifier. The default block (``binary_resnet20``) puts a shortcut
+  around every binary conv, He et al.'s option A (subsample + zero-padded channels) where
+  the shape changes (``IRNetShortcutPerConvBlock``); ``binary_resnet18_cifar`` uses the
+  two-conv ``IRNetBasicBlock``.
+
+  The quantizers are options. The defaults are IR-Net's: weights by the balanced,
+  standardised sign with a power-of-two scale (``irnet_weight``), activations by the
+  error-decay estimator (``ede``). Other recipes pass their own: ``configs/quickstart.py``
+  and ``configs/digits`` train it with Bi-Real's (``input_quantizer='approx_sign'``,
+  ``kernel_quantizer='ste_sign', kernel_scale='xnor'``: sign x per-channel mean|W|),
+  ``configs/cifar10/bnn.py`` with IR-Net's ``ede`` at the
+  official ResNet-20 schedule.
+  """
   num_classes: int = 10
   stage_sizes: Sequence[int] = (3, 3, 3)
   widths: Sequence[int] = (16, 32, 64)
@@ -402,12 +415,12 @@ MODELS = {
     'birealnet34': functools.partial(BiRealNet, stage_sizes=(6, 8, 12, 6)),
     'binary_resnet_e18': BinaryResNetE,
     'real_to_binary': RealToBinaryNet,
-    'reactnet_resnet18': functools.partial(BiRealNet, block=ReActBlock),
-    # IR-Net's ResNet-20: option-A shortcut around every binary conv.
-    'binary_resnet20': IRNetCifarResNet,
+    'reactnet_resnet18': functools.partial(BiRealNet, block=ReActBiRealBlock),
+    # ResNet-20 in IR-Net's layout: option-A shortcut around every binary conv.
+    'binary_resnet20': BinaryCifarResNet,
     # IR-Net's ResNet-18 for CIFAR (kuangliu): 3x3 stem, no max-pool, 1x1-conv shortcuts.
     'binary_resnet18_cifar': functools.partial(
-        IRNetCifarResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512),
+        BinaryCifarResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512),
         block=IRNetBasicBlock, stem_hardtanh=False),
     'binary_vgg_small': VGGSmall,
 }

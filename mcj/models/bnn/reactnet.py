@@ -48,9 +48,11 @@ def _batch_norm(train, dtype, axis_name, name):
   return blocks.batch_norm(train, axis_name=axis_name, dtype=dtype, name=name)
 
 
-class ReActBlock(nn.Module):
-  """One ReActNet basic block: binary 3x3 (Cin -> Cin) then binary 1x1 (Cin -> features),
-  each behind an RSign shift and followed by BN, a real shortcut and RPReLU."""
+class ReActNetABlock(nn.Module):
+  """One ReActNet-A (MobileNet-shaped) basic block: binary 3x3 (Cin -> Cin) then binary 1x1
+  (Cin -> features), each behind RSign (a ``blocks.LearnableBias`` shift, then the conv's
+  sign input quantizer) and followed by BN, a real shortcut and RPReLU. The ResNet-18-style
+  ReActNet block is ``binary_resnet.ReActBiRealBlock``."""
   features: int
   strides: int = 1
   input_quantizer: Any = 'approx_sign'
@@ -105,9 +107,9 @@ class ReActNetA(nn.Module):
     x = _batch_norm(train, self.dtype, self.bn_axis_name, 'stem_bn')(x)
     for i, (cin, cout) in enumerate(zip(self.channels[:-1], self.channels[1:])):
       stride = 2 if cout != cin and i > 0 else 1
-      x = ReActBlock(cout, stride, self.input_quantizer, self.kernel_quantizer,
-                     self.kernel_scale, self.pad_value, self.dtype, self.bn_axis_name,
-                     name=f'block{i + 1}')(x, train)
+      x = ReActNetABlock(cout, stride, self.input_quantizer, self.kernel_quantizer,
+                         self.kernel_scale, self.pad_value, self.dtype, self.bn_axis_name,
+                         name=f'block{i + 1}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, kernel_init=layers.dense_init, dtype=self.dtype,
                  name='fc')(x)
