@@ -16,7 +16,12 @@ from mcj.compress.distill import teachers as teachers_lib
 from mcj.core.config import ConfigError
 from mcj.models import get_model
 from mcj.train import default_config, train_and_evaluate
-from tests.test_train import (_start, _wait_for_step, final_params, run_cli, train_losses)
+from tests.helpers import assert_trees_equal, final_params, run_cli, train_losses
+from tests.helpers import start_cli as _start
+from tests.helpers import wait_for_step as _wait_for_step
+
+# Trains end to end or starts subprocesses: the full tier only.
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHALLOW = {'name': 'resnet20', 'stage_sizes': (1, 1, 1)}
@@ -268,7 +273,6 @@ def test_pipeline_killed_mid_stage_and_rerun_ends_as_uninterrupted(tmp_path):
   for stage in ('teacher', 'student'):
     _, a = final_params(os.path.join(straight, stage))
     _, b = final_params(os.path.join(killed, stage))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-      np.testing.assert_array_equal(x, y, err_msg=stage)
+    assert_trees_equal(a, b)
   assert (train_losses(os.path.join(straight, 'student'))
           == train_losses(os.path.join(killed, 'student')))

@@ -10,6 +10,9 @@ from mcj import bench
 from mcj.core import config as config_lib
 from mcj.train import train_and_evaluate
 
+# Trains end to end or starts subprocesses: the full tier only.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

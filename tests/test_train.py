@@ -9,21 +9,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from mcj.core import config as config_lib
 from mcj.core.config import ConfigError
 from mcj.train import train_and_evaluate
 
+from tests.helpers import start_cli as _start  # noqa: F401
+from tests.helpers import wait_for_step as _wait_for_step  # noqa: F401
 from tests.helpers import (ROOT, TINY, assert_trees_equal, final_params, kill_step,  # noqa: F401
                            read_metrics, run_cli, start_cli, tiny, train_losses, wait_for_step)
-from tests.helpers import start_cli as _start  # noqa: F401  (older test files)
-from tests.helpers import wait_for_step as _wait_for_step  # noqa: F401
+
+# Trains end to end or starts subprocesses: the full tier only.
+pytestmark = pytest.mark.slow
 
 
 # ------------------------------------------------------------------ outputs and resume

@@ -29,7 +29,6 @@ from mcj.compress.prune import pruner as prune_lib
 from mcj.core import checkpoint as checkpoint_lib
 from mcj.core import metrics as metrics_lib
 from mcj.core import parallel
-from mcj.core.config import ConfigError
 from mcj.models import get_model
 from mcj.nn import inspect
 from mcj.train import optim
