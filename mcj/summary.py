@@ -4,7 +4,11 @@
   python -m mcj.summary --config configs/...py[:arg] [--json]
   python -m mcj.summary --workdir DIR [--json]    # a trained run: its sparsity too
 
-The counting itself is ``mcj.analysis.summary``; its docstring gives the conventions.
+The counting itself is ``mcj.analysis.summary`` (MACs per conv / dot op of the traced
+forward pass, ``mcj.analysis.counting``); its docstring gives the conventions. ``--json``
+prints ``summarize``'s dict: both ``model_size_bytes`` (params at their precision + BN
+running statistics) and ``folded_model_size_bytes`` (BN folded + frozen weights, larq's
+"Model size").
 """
 import argparse
 import json

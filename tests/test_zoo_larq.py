@@ -11,7 +11,9 @@ Counts are taken at 224x224, 1000 classes, with ``jax.eval_shape`` (nothing mate
   QuickNet's frozen blur-pool kernels. Memory is binary kernels at 1 bit and every other
   counted weight at 32 bits, and its "MB" are MiB (2**20 bytes): with 10**6 no row matches
   (BinaryDenseNet28 would be 4.32 MB, QuickNet 4.37 MB). BMXNet-v2's MeliusNet sizes follow
-  the same folded count (params at their precision).
+  the same folded count (params at their precision). ``summarize`` gives both:
+  ``model_size_bytes`` (all four BN vectors) and ``folded_model_size_bytes`` (two per
+  channel plus frozen weights).
 """
 import functools
 import os
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mcj.analysis import summary
 from mcj.core import tree as tree_lib
 from mcj.nn import inspect
 from mcj.nn import layers
@@ -56,15 +59,9 @@ def _counts(name):
               bn_params=bn_params, blur=blur)
 
 
-def _all_bn_vectors_bytes(c):
-  """Binary kernels at 1 bit; params and running stats at 32 bits (BinaryDenseNet rows)."""
-  return c['binary'] / 8 + 4 * (c['params'] - c['binary'] + c['stats'])
-
-
-def _folded_bn_bytes(c):
-  """As larq's summary: BN as its two running statistics, frozen weights included."""
-  return c['binary'] / 8 + 4 * (c['params'] - c['binary'] - c['bn_params'] + c['stats']
-                                + c['blur'])
+@functools.lru_cache(maxsize=None)
+def _summary(name):
+  return summary.summarize(MODELS[name](num_classes=1000), IMAGE)
 
 
 @pytest.mark.parametrize('name, params, binary', [
@@ -104,7 +101,8 @@ def test_quicknet_params(name, larq_parameters, rounded):
     ('binary_densenet28', 4.12, 2), ('binary_densenet37', 5.25, 2),
     ('binary_densenet37_dilated', 5.25, 2), ('binary_densenet45', 7.54, 2)])
 def test_densenet_memory(name, mib, digits):
-  assert round(_all_bn_vectors_bytes(_counts(name)) / MiB, digits) == mib
+  """BinaryDenseNet rows: binary kernels at 1 bit, params and all four BN vectors at 32."""
+  assert round(_summary(name)['model_size_bytes'] / MiB, digits) == mib
 
 
 @pytest.mark.parametrize('name, mib, digits', [
@@ -112,7 +110,12 @@ def test_densenet_memory(name, mib, digits):
     ('meliusnet59', 17.39, 2),  # BMXNet-v2 results page: 17.39 (REFERENCE: 17.4)
     ('quicknet_small', 4.00, 2), ('quicknet', 4.17, 2), ('quicknet_large', 5.40, 2)])
 def test_folded_bn_memory(name, mib, digits):
-  assert round(_folded_bn_bytes(_counts(name)) / MiB, digits) == mib
+  """larq's summary "Model size": BN as its two running statistics, frozen weights (the
+  blur-pool kernels) at 32 bits."""
+  s = _summary(name)
+  assert round(s['folded_model_size_bytes'] / MiB, digits) == mib
+  widths = getattr(MODELS[name](num_classes=1000), 'section_filters', ())
+  assert s['frozen_weights'] == sum(9 * a for a, b in zip(widths, widths[1:]) if a != b)
 
 
 def test_dilated_densenet_keeps_28x28():

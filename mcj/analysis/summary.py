@@ -4,20 +4,33 @@
 ``summarize(model, input_shape, params=None)`` returns the counts; ``format_table`` and
 ``format_totals`` print them (``python -m mcj.summary`` is the command line).
 
-Shapes come from ``jax.eval_shape`` (nothing is materialised) and every module call is seen
-through ``nn.intercept_methods``. A layer is a module that owns variables directly (Conv,
-Dense, QuantConv, BatchNorm, ...). Conventions (as larq; see REFERENCE counting rules):
+Two abstract traces, nothing materialised: ``jax.eval_shape`` of ``model.init`` (the
+variables, and every module call through ``nn.intercept_methods``), and ``jax.make_jaxpr``
+of ``model.apply(variables, x, train=False)`` on a batch of 1, whose convs and dots
+``mcj.analysis.counting`` counts. A layer row is a module that owns variables directly
+(Conv, Dense, QuantConv, BatchNorm, ...) or that does MACs of its own without variables (a
+constant blur-pool conv, an attention product; name '' is the model itself); a module
+called several times is one row. Conventions (as larq; see REFERENCE counting rules):
 - params: the ``params`` collection (BatchNorm scale and bias in, running statistics out);
   a quantized layer's latent kernel counts at its kernel quantizer's precision (1 bit for
   sign functions), every other param at 32 bits.
-- MACs per example: conv = output elements x (Cin / groups) x kh x kw, dense = in x out x
-  positions; BN, activations, pooling and bias adds count zero. A MAC's precision is the
-  larger of its input's and its kernel's precision.
-- model size: params at their precision plus BatchNorm running statistics at 32 bits (what
-  inference needs; larq's "Model size"); float-32 size counts everything at 32 bits;
-  compression ratio = float-32 size / model size.
-- BOPs: MACs whose both operands are quantized, weighted by bits_in x bits_kernel (for 1-bit
-  x 1-bit layers exactly their MACs); FLOPs: MACs with a 32-bit operand; OPs = BOPs / 64 +
+- MACs per example, per operation of the forward pass: conv = output elements x (Cin /
+  groups) x kh x kw, dot_general = output elements x the contracted size; every other op
+  (BN, activations, pooling, bias adds) counts zero. An operand's precision is the bit width
+  of the quantizer scope it comes from (``quantizers.PRECISION_SCOPE``), carried through
+  layout ops and through rescaling / masking (``mul``, ``select_n``, ``neg``), else 32; a
+  MAC's precision is the larger of its two operands'.
+- frozen weights: conv / dot operands computed from constants only (QuickNet's blur-pool
+  kernel): no params, but stored by larq as non-trainable weights.
+- ``model_size_bytes``: params at their precision plus the BatchNorm running statistics
+  (mean and var) at 32 bits, i.e. four 32-bit values per BN channel; ``float32_size_bytes``
+  counts the same values all at 32 bits; ``compression_ratio`` = float-32 size / model size.
+- ``folded_model_size_bytes``: BatchNorm folded to two values per channel (scale and bias
+  dropped, running statistics kept) plus frozen weights at 32 bits: larq's "Model size"
+  and the published MeliusNet / QuickNet sizes; ``folded_compression_ratio`` = float-32
+  size / folded size.
+- BOPs: MACs whose both operands are quantized, weighted by bits_lhs x bits_rhs (for 1-bit
+  x 1-bit ops exactly their MACs); FLOPs: MACs with a 32-bit operand; OPs = BOPs / 64 +
   FLOPs (Bi-Real Net, Real-to-Binary, ReActNet).
 - with trained params (``params=``, ``--workdir``): a layer's ``sparsity`` is the fraction
   of zeros in its kernel; ``nonzero_params`` counts non-zero params; ``nonzero_macs`` =
@@ -26,13 +39,14 @@ Dense, QuantConv, BatchNorm, ...). Conventions (as larq; see REFERENCE counting 
   pruning literature's effective size). Totals: ``sparsity`` over all conv and dense
   kernels.
 """
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from mcj.analysis import counting
 from mcj.core import tree as tree_lib
 from mcj.nn import inspect
 from mcj.quant import quantizers
@@ -40,12 +54,29 @@ from mcj.quant import quantizers
 FULL = 32  # bits of an unquantized value
 
 
-def _precisions(module) -> tuple[int, int]:
-  """(input precision, kernel precision) of a layer; 32 for unquantized ones."""
+def _kernel_bits(module) -> int:
+  """Bits a layer's ``kernel`` param is stored at: its kernel quantizer's precision, else 32."""
   if inspect.is_quant_layer(module):
-    return (quantizers.precision_of(module.input_q()),
-            quantizers.precision_of(module.kernel_q()))
-  return FULL, FULL
+    return quantizers.precision_of(module.kernel_q())
+  return FULL
+
+
+def _is_batch_norm(module, own, own_stats) -> bool:
+  """BatchNorm-like: owns running statistics (``mean`` and ``var``), or is nn.BatchNorm."""
+  return isinstance(module, nn.BatchNorm) or {'mean', 'var'} <= set(own_stats)
+
+
+def _trace_ops(model, variables, input_shape, call_kwargs) -> list[counting.Op]:
+  """The conv / dot ops of ``model.apply(variables, x, train=False)`` on a batch of 1: one
+  ``make_jaxpr`` trace of abstract values (nothing is materialised)."""
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  jaxpr = jax.make_jaxpr(
+      lambda v, x: model.apply(v, x, train=False, **call_kwargs))(variables, x)
+  return counting.count_ops(jaxpr)
+
+
+def _add(counts: dict, key, n):
+  counts[key] = counts.get(key, 0) + n
 
 
 def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict[str, Any]:
@@ -61,59 +92,79 @@ def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict
 
   Returns:
     Totals ``params``, ``binary_params``, ``params_by_bits`` ({bits: count}),
-    ``model_size_bytes``, ``float32_size_bytes``, ``compression_ratio``, ``macs``,
-    ``macs_by_precision``, ``bops``, ``flops``, ``ops``, ``binarized_macs_ratio``, and
-    ``layers``: one dict per layer with ``name`` (module path), ``type``,
-    ``input_precision``, ``output_shape`` (per example), ``params``, ``params_by_bits``,
-    ``memory_bytes``, ``macs`` and ``mac_precision``.
+    ``batch_stats``, ``frozen_weights``, ``model_size_bytes``,
+    ``folded_model_size_bytes``, ``float32_size_bytes``, ``compression_ratio``,
+    ``folded_compression_ratio``, ``macs``, ``macs_by_precision``, ``bops``, ``flops``,
+    ``ops``, ``binarized_macs_ratio``, and ``layers``: one dict per layer with ``name``
+    (module path, '' for the model itself), ``type``, ``input_precision``,
+    ``output_shape`` (per example), ``params``, ``params_by_bits``, ``memory_bytes``,
+    ``macs``, ``macs_by_precision`` and ``mac_precision`` (None unless all its MACs have
+    one precision).
   """
   variables, calls = inspect.trace_layers(model, input_shape, **call_kwargs)
   values = params
   params = variables.get('params', {})
   stats = variables.get('batch_stats', {})
-  layers, seen = [], set()
+  modules = {}  # path -> (module, output) of its first call, in call order
   for module, _, out in calls:
-    own = tree_lib.own_params(params, module.path)
-    own_stats = tree_lib.own_params(stats, module.path)
-    if not (own or own_stats) or not hasattr(out, 'shape'):
-      continue  # Containers, and layers without variables (none add MACs here).
-    first = module.path not in seen  # Shared layers count their variables once.
-    seen.add(module.path)
-    in_bits, kernel_bits = _precisions(module)
+    modules.setdefault(tuple(module.path), (module, out))
+  modules.setdefault((), (model, None))  # ops outside every submodule belong to the model
+
+  # MACs per module path, from the ops of the traced forward pass.
+  ops_by_path: dict[tuple, list] = {}
+  frozen = 0  # elements of frozen operands (constant kernels), counted per op
+  for op in _trace_ops(model, variables, input_shape, call_kwargs):
+    path = counting.module_path(op.name_stack, modules.keys())
+    ops_by_path.setdefault(path, []).append(op)
+    frozen += sum(op.frozen_operands)
+
+  layers, bn_params = [], 0
+  for path, (module, out) in modules.items():
+    own = tree_lib.own_params(params, path)
+    own_stats = tree_lib.own_params(stats, path)
+    ops = ops_by_path.get(path, [])
+    if not (own or own_stats or ops):
+      continue  # Containers without variables or MACs of their own.
+    kernel_bits = _kernel_bits(module)
     by_bits = {}
-    if first:
-      for key, value in own.items():
-        bits = kernel_bits if key == 'kernel' else FULL
-        by_bits[bits] = by_bits.get(bits, 0) + value.size
-    out_shape = tuple(out.shape[1:])
-    kernel = own.get('kernel')
-    macs = (math.prod(out_shape) * math.prod(kernel.shape[:-1])
-            if kernel is not None and kernel.ndim >= 2 else 0)
-    stat_count = sum(v.size for v in own_stats.values()) if first else 0
+    for key, value in own.items():
+      _add(by_bits, kernel_bits if key == 'kernel' else FULL, value.size)
+    if _is_batch_norm(module, own, own_stats):
+      bn_params += sum(v.size for k, v in own.items() if k in ('scale', 'bias'))
+    macs_by_precision, bops, flops = {}, 0, 0
+    for op in ops:
+      _add(macs_by_precision, op.precision, op.macs)
+      if op.precision < FULL:
+        bops += op.macs * op.lhs_bits * op.rhs_bits
+      else:
+        flops += op.macs
+    macs = sum(macs_by_precision.values())
+    stat_count = sum(v.size for v in own_stats.values())
     layers.append({
-        'name': '/'.join(module.path),
+        'name': '/'.join(path),
         'type': type(module).__name__,
-        'input_precision': in_bits,
-        'output_shape': out_shape,
+        'input_precision': max((op.lhs_bits for op in ops), default=FULL),
+        'output_shape': tuple(out.shape[1:]) if hasattr(out, 'shape') else None,
         'params': sum(by_bits.values()),
         'params_by_bits': by_bits,
         'memory_bytes': (sum(b * n for b, n in by_bits.items()) + FULL * stat_count) / 8,
         'macs': macs,
-        'mac_precision': max(in_bits, kernel_bits) if macs else None,
-        # kept for BOPs: bits of both operands
-        '_operand_bits': (in_bits, kernel_bits),
+        'macs_by_precision': dict(sorted(macs_by_precision.items())),
+        'mac_precision': next(iter(macs_by_precision)) if len(macs_by_precision) == 1 else None,
+        '_bops_flops': (bops, flops),
     })
     if values is not None:
-      own_values = tree_lib.own_params(values, module.path)
+      kernel = own.get('kernel')
+      own_values = tree_lib.own_params(values, path)
       nonzero = {key: int(np.count_nonzero(np.asarray(v))) for key, v in own_values.items()}
       density = nonzero['kernel'] / kernel.size if kernel is not None and kernel.size else 1.0
       layers[-1].update(
           sparsity=1.0 - density if kernel is not None else None,  # layers with a kernel
-          nonzero_params=sum(nonzero.values()) if first else 0,
+          nonzero_params=sum(nonzero.values()),
           nonzero_macs=round(macs * density),
-          _nonzero_bits=(sum(n * (kernel_bits if k == 'kernel' else FULL)
-                             for k, n in nonzero.items()) + FULL * stat_count) if first else 0)
-  totals = _totals(params, stats, layers)
+          _nonzero_bits=sum(n * (kernel_bits if k == 'kernel' else FULL)
+                            for k, n in nonzero.items()) + FULL * stat_count)
+  totals = _totals(params, stats, layers, bn_params, frozen)
   if values is not None:
     kernels = [np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(values)[0]
                if getattr(path[-1], 'key', None) == 'kernel' and np.ndim(v) >= 2]
@@ -129,23 +180,21 @@ def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict
   return totals
 
 
-def _totals(params, stats, layers) -> dict[str, Any]:
+def _totals(params, stats, layers, bn_params, frozen) -> dict[str, Any]:
   params_by_bits, macs_by_precision = {}, {}
   bops = flops = 0
   for layer in layers:
     for bits, n in layer['params_by_bits'].items():
-      params_by_bits[bits] = params_by_bits.get(bits, 0) + n
-    in_bits, kernel_bits = layer.pop('_operand_bits')
-    if layer['macs']:
-      p = layer['mac_precision']
-      macs_by_precision[p] = macs_by_precision.get(p, 0) + layer['macs']
-      if p < FULL:
-        bops += layer['macs'] * in_bits * kernel_bits
-      else:
-        flops += layer['macs']
+      _add(params_by_bits, bits, n)
+    for bits, n in layer['macs_by_precision'].items():
+      _add(macs_by_precision, bits, n)
+    layer_bops, layer_flops = layer.pop('_bops_flops')
+    bops += layer_bops
+    flops += layer_flops
   num_params = sum(x.size for x in jax.tree.leaves(params))
   num_stats = sum(x.size for x in jax.tree.leaves(stats))
   size_bits = sum(b * n for b, n in params_by_bits.items()) + FULL * num_stats
+  folded_bits = size_bits - FULL * bn_params + FULL * frozen
   float_bits = FULL * (num_params + num_stats)
   macs = sum(layer['macs'] for layer in layers)
   return {
@@ -153,9 +202,12 @@ def _totals(params, stats, layers) -> dict[str, Any]:
       'binary_params': params_by_bits.get(1, 0),
       'params_by_bits': dict(sorted(params_by_bits.items())),
       'batch_stats': num_stats,
+      'frozen_weights': frozen,
       'model_size_bytes': size_bits / 8,
+      'folded_model_size_bytes': folded_bits / 8,
       'float32_size_bytes': float_bits / 8,
       'compression_ratio': float_bits / size_bits if size_bits else 1.0,
+      'folded_compression_ratio': float_bits / folded_bits if folded_bits else 1.0,
       'macs': macs,
       'macs_by_precision': dict(sorted(macs_by_precision.items())),
       'bops': bops,
@@ -181,11 +233,12 @@ def format_table(summary: dict[str, Any]) -> str:
   rows = []
   for layer in summary['layers']:
     in_bits = layer['input_precision'] if layer['macs'] else '-'  # for layers that multiply
-    rows.append([layer['name'], layer['type'], str(in_bits),
-                 'x'.join(map(str, layer['output_shape']))]
+    shape = layer['output_shape']
+    rows.append([layer['name'] or '(top level)', layer['type'], str(in_bits),
+                 'x'.join(map(str, shape)) if shape is not None else '-']
                 + [_count(layer['params_by_bits'].get(b, 0)) for b in param_bits]
                 + [f"{layer['memory_bytes'] / 1024:.2f}"]
-                + [_count(layer['macs'] if layer['mac_precision'] == b else 0) for b in mac_bits]
+                + [_count(layer['macs_by_precision'].get(b, 0)) for b in mac_bits]
                 + ([f"{layer['sparsity']:.1%}" if layer['sparsity'] is not None else '-']
                    if sparse else []))
   rows.append(['Total', '', '', '']
@@ -205,14 +258,20 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def format_totals(summary: dict[str, Any]) -> str:
-  """The totals block (also printed by the trainer at the end of a run)."""
+  """The totals block (also printed by the trainer at the end of a run): the model size with
+  BN running statistics (params at their precision + 4 values per BN channel) and folded
+  (2 values per BN channel + frozen weights: larq's "Model size")."""
   mib = 2**20
+  folded = summary.get('folded_model_size_bytes', summary['model_size_bytes'])
+  folded_ratio = summary.get('folded_compression_ratio', summary['compression_ratio'])
   return '\n'.join([
       f"Total params:                {summary['params']:,}",
       f"Binary (1-bit) params:       {summary['binary_params']:,}",
-      f"Model size:                  {summary['model_size_bytes'] / mib:.2f} MiB",
+      f"Model size (with BN stats):  {summary['model_size_bytes'] / mib:.2f} MiB",
+      f"Model size (BN folded):      {folded / mib:.2f} MiB",
       f"Float-32 equivalent:         {summary['float32_size_bytes'] / mib:.2f} MiB",
-      f"Compression ratio:           {summary['compression_ratio']:.2f}x",
+      f"Compression ratio:           {summary['compression_ratio']:.2f}x "
+      f"({folded_ratio:.2f}x BN folded)",
       f"MACs:                        {summary['macs']:,}",
       f"Binarized MACs:              {summary['binarized_macs_ratio']:.2%}",
       f"BOPs / FLOPs / OPs:          {summary['bops']:.3e} / {summary['flops']:.3e} / "

@@ -489,7 +489,8 @@ def noop(precision: int = 32) -> Quantizer:
   """The identity, declaring ``precision`` bits (larq ``NoOp``): for tensors that are
   already quantized, or to count a layer at a given precision in the summary."""
   precision = _integer('noop', 'precision', precision, 1)
-  return _with_precision(lambda x: x, precision)
+  # A copy, not x itself: it leaves an op inside the precision scope for the summary.
+  return _with_precision(lambda x: jnp.array(x, copy=True), precision)
 
 
 # ----------------------------------------------------------------------------- learned quantizers

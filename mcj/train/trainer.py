@@ -38,7 +38,8 @@ from mcj.train.schema import merge_config
 
 AXIS = parallel.AXIS
 # Summary totals written to results.json (see mcj/analysis/summary.py for the conventions).
-SIZE_KEYS = ('binary_params', 'model_size_bytes', 'float32_size_bytes', 'compression_ratio',
+SIZE_KEYS = ('binary_params', 'model_size_bytes', 'folded_model_size_bytes', 'float32_size_bytes',
+             'compression_ratio', 'folded_compression_ratio',
              'macs', 'bops', 'flops', 'ops', 'sparsity', 'nonzero_params', 'nonzero_macs',
              'nonzero_model_size_bytes')
 
