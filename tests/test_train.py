@@ -17,8 +17,6 @@ import pytest
 from mcj.core.config import ConfigError
 from mcj.train import train_and_evaluate
 
-from tests.helpers import start_cli as _start  # noqa: F401
-from tests.helpers import wait_for_step as _wait_for_step  # noqa: F401
 from tests.helpers import (ROOT, TINY, assert_trees_equal, final_params, kill_step,  # noqa: F401
                            read_metrics, run_cli, start_cli, tiny, train_losses, wait_for_step)
 
