@@ -423,6 +423,7 @@ def test_token_taps_group_by_token_count_and_pair():
   assert features_lib.paired_stages({(TOKENS,): [x]}, {(TOKENS, 1): [x[..., None]]}, 4) == []
 
 
+@pytest.mark.slow
 def test_token_models_distill_with_fitnet_and_rkd():
   x = jax.random.normal(jax.random.key(0), (4, TOKENS, IN_FEATURES))
   s_logits, s_stages = _student_outputs(x)

@@ -195,6 +195,7 @@ def test_binary_kernel_mask_marks_one_bit_kernels_only():
                   'head': {'kernel': True, 'bias': False}}
 
 
+@pytest.mark.slow
 def test_inference_params_are_plus_minus_alpha_and_give_the_same_outputs():
   net, x = _Net(), _x((3, 6, 6, 2))
   variables = net.init(jax.random.key(0), x)

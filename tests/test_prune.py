@@ -62,6 +62,7 @@ def target_names(pruner):
 
 # ------------------------------------------------------------------ formulas
 
+@pytest.mark.slow
 def test_polynomial_schedule_is_zhu_and_gupta():
   s_f, t0, t1 = 0.9, 100, 1100
   for t in (0, 100, 350, 600, 850, 1100, 2000):
@@ -211,6 +212,7 @@ def test_global_magnitude_uses_one_threshold():
   assert pruned.size == round(0.6 * (kept.size + pruned.size))
 
 
+@pytest.mark.slow
 def test_random_and_saliency_masks():
   pruner, params = make(algorithm='random', sparsity=0.5, schedule='one_shot')
   a, b = masks_at(pruner, params, count=0), masks_at(pruner, params, count=1)
@@ -325,6 +327,7 @@ def test_iterative_pruning_rewinds_kept_weights():
   assert pruner.events[0] == length
 
 
+@pytest.mark.slow
 def test_pruned_binary_weights_compute_as_zero():
   conv = layers.QuantConv(4, 3, input_quantizer='ste_sign', kernel_quantizer='ste_sign')
   x = jax.random.normal(jax.random.key(0), (1, 5, 5, 8))
@@ -343,6 +346,7 @@ def test_pruned_binary_weights_compute_as_zero():
 
 # ------------------------------------------------------------------ structured: rebuild
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, options, shape', [
     ('resnet20', {}, (8, 8, 1)),
     ('resnet50', {'stage_sizes': (1, 2), 'widths': (8, 16)}, (16, 16, 3)),  # bottlenecks

@@ -157,6 +157,7 @@ def _random_variables(model, x):
   return {'params': params, 'batch_stats': stats}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', list(SMALL))
 def test_forward_backward_with_binary_inputs(family):
   model = SMALL[family]

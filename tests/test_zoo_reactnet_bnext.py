@@ -213,6 +213,7 @@ NARROW = {'reactnet_a': tuple(c // 4 for c in reactnet.REACTNET_A_CHANNELS[:5]),
           'bnext_tiny': tuple(c // 4 for c in bnext.CHANNELS['tiny'][:5])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(NARROW))
 def test_forward_backward_is_finite(name):
   model = get_model(name, 10, channels=NARROW[name])

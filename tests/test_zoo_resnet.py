@@ -208,6 +208,7 @@ def _random_variables(model, x):
   return {'params': params, 'batch_stats': stats}
 
 
+@pytest.mark.slow
 def test_binary_resnet20_trains_on_digits_shape():
   """Forward + backward at 8x8x1 (scikit-learn digits), batch 4: finite loss and grads, the
   binary latent kernels get gradients, BN statistics update."""
