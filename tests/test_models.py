@@ -6,6 +6,7 @@ import pytest
 
 from mcj.core import registry
 from mcj.models import get_model
+from tests.helpers import assert_trees_close
 
 # Trainable params (BN scale/bias included, running stats excluded).
 IMAGENET = {
@@ -113,9 +114,8 @@ def test_bn_axis_name_averages_stats_across_devices():
       lambda xs: sharded.apply(variables, xs, train=True,
                                mutable=['batch_stats']),
       axis_name='data')(x.reshape(2, 2, 8, 8, 3))
-  for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_allclose(g[0], w, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(g[1], w, rtol=1e-4, atol=1e-5)
+  for device in (0, 1):
+    assert_trees_close(jax.tree.map(lambda g: g[device], got), want, rtol=1e-4, atol=1e-5)
 
 
 def test_dropout_needs_rng_and_rate_is_configurable():
