@@ -77,6 +77,9 @@ def main():
   parser.add_argument('train_args', nargs=argparse.REMAINDER,
                       help='arguments for the module, after --')
   args = parser.parse_args()
+  for flag in ('num_processes', 'devices_per_process'):
+    if getattr(args, flag) < 1:
+      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}.')
   train_args = args.train_args[1:] if args.train_args[:1] == ['--'] else args.train_args
   sys.exit(launch(args.num_processes, train_args, args.devices_per_process, args.module))
 

@@ -112,7 +112,9 @@ def measure_distillation(model, teacher, batch_size, image_size, num_classes, co
 
 
 def _out_of_memory(e: Exception) -> bool:
-  return 'RESOURCE_EXHAUSTED' in str(e) or 'Out of memory' in str(e)
+  """Device memory (XLA's RESOURCE_EXHAUSTED) or host memory (numpy's MemoryError)."""
+  return (isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in str(e)
+          or 'Out of memory' in str(e))
 
 
 def main(argv=None) -> int:
@@ -129,6 +131,9 @@ def main(argv=None) -> int:
   parser.add_argument('--teacher', default='',
                       help='a model name: compare the student alone with distillation from it')
   args = parser.parse_args(argv)
+  for flag in ('batch_size', 'steps', 'image_size', 'num_classes'):
+    if getattr(args, flag) < 1:
+      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}.')
   batch = args.batch_size
   try:
     if args.teacher:
@@ -141,10 +146,14 @@ def main(argv=None) -> int:
         result = measure(args.model, batch, args.image_size, args.num_classes,
                          args.compute_dtype, args.steps, args.optimizer)
       except Exception as e:  # pylint: disable=broad-except
-        if args.max_batch and _out_of_memory(e):
+        if not _out_of_memory(e):
+          raise
+        if args.max_batch and batch > args.batch_size:
           print(json.dumps({'batch_size': batch, 'fits': False}), flush=True)
           return 0
-        raise
+        print(f'mcj.bench: error: batch {batch} does not fit in memory '
+              f'({type(e).__name__}): use a smaller --batch_size.', file=sys.stderr)
+        return 1
       print(json.dumps(result), flush=True)
       if not args.max_batch:
         return 0

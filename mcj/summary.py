@@ -61,6 +61,9 @@ def main(argv=None) -> int:
   parser.add_argument('--json', action='store_true',
                       help='print one JSON object instead of a table')
   args = parser.parse_args(argv)
+  for flag in ('num_classes', 'image_size', 'channels'):
+    if getattr(args, flag) is not None and getattr(args, flag) < 1:
+      parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}.')
 
   name, kwargs, shape, num_classes = args.model, {}, (224, 224, 3), 1000
   values = None
@@ -72,7 +75,9 @@ def main(argv=None) -> int:
       return 2
   elif args.config:
     try:
-      config = config_lib.load_config(args.config)
+      config = merge_config(config_lib.load_config(args.config))
+      if config.stages:  # a pipeline: its final stage's model
+        config = merge_config(pipeline.stage_configs(config, '.')[-1][2])
       kwargs = dict(config.model)
       name = kwargs.pop('name')
       num_classes, shape = data.model_input(ml_collections.ConfigDict(

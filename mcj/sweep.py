@@ -20,6 +20,7 @@ import statistics
 import sys
 
 from mcj.core import config as config_lib
+from mcj.core.checkpoint import CheckpointError
 from mcj.core.config import ConfigError
 
 
@@ -34,23 +35,47 @@ def grid_args(grid: list[str]) -> list[str]:
   return [','.join(combo) for combo in itertools.product(*axes)] or ['']
 
 
-def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra=()) -> list[dict]:
-  """Trains every (arg, seed) pair not finished yet and returns one row per arg."""
-  from mcj.train import merge_config, train_and_evaluate  # pylint: disable=g-import-not-at-top
+def run_dir_of(workdir: str, arg: str, seed: int) -> str:
+  return os.path.join(workdir, arg.replace(',', '_').replace('=', '-') or 'default',
+                      f'seed{seed}')
+
+
+def point_configs(config_path: str, args: list[str], seeds: list[int], extra=()) -> dict:
+  """``{(arg, seed): merged config}`` for every point, built (and so checked) before any
+  trains: a bad grid value is found before the first run, not after the earlier ones."""
+  from mcj.train.schema import apply_overrides, merge_config  # pylint: disable=g-import-not-at-top
   config_path, _, shared = config_path.partition(':')
+  configs = {}
+  for arg in args:
+    both = ','.join(a for a in (shared, arg) if a)
+    spec = f'{config_path}:{both}' if both else config_path
+    for seed in seeds:
+      try:
+        config = merge_config(config_lib.load_config(spec))
+        apply_overrides(config, [f'--config.seed={seed}', *extra], say=lambda *a: None)
+      except ConfigError as e:
+        raise ConfigError(f'grid point {arg or "default"!r}: {e}') from None
+      configs[arg, seed] = config
+  return configs
+
+
+def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra=()):
+  """Trains every (arg, seed) pair not finished yet and returns one row per arg, or None
+  if a SIGTERM stopped it (rerunning resumes)."""
+  from mcj.train import trainer  # pylint: disable=g-import-not-at-top
+  configs = point_configs(config_path, args, seeds, extra)
+  trainer.watch_preemption()
   rows = []
   for arg in args:
     results = []
     for seed in seeds:
-      run_dir = os.path.join(workdir, arg.replace(',', '_').replace('=', '-') or 'default',
-                             f'seed{seed}')
+      run_dir = run_dir_of(workdir, arg, seed)
       done = os.path.join(run_dir, 'results.json')
       if not os.path.exists(done):
-        both = ','.join(a for a in (shared, arg) if a)
-        spec = f'{config_path}:{both}' if both else config_path
-        config = merge_config(config_lib.load_config(spec))
-        config_lib.parse_overrides(config, [f'--config.seed={seed}', *extra])
-        train_and_evaluate(config, run_dir)
+        if trainer.preemption_requested():
+          return None
+        if trainer.train_and_evaluate(configs[arg, seed], run_dir).get('preempted'):
+          return None
       with open(done) as f:
         results.append(json.load(f))
     accuracies = [r['eval/accuracy'] for r in results]
@@ -135,14 +160,25 @@ def main(argv=None) -> int:
   parser.add_argument('--plot', default='', help='also draw accuracy vs sparsity to FILE.png')
   args, extra = parser.parse_known_args(argv)
   try:
-    seeds = [int(s) for s in args.seeds.split(',')]
+    try:
+      seeds = [int(s) for s in args.seeds.split(',')]
+    except ValueError:
+      raise ConfigError(f'--seeds takes comma-separated integers such as 0,1,2; got '
+                        f'{args.seeds!r}.') from None
     points = [arg for grid in (args.grid or [[]]) for arg in grid_args(grid)]
     rows = run(args.config, points, seeds, args.workdir, extra)
+    if rows is None:
+      print('mcj.sweep: stopped by SIGTERM; rerun the same command to resume the sweep.',
+            file=sys.stderr)
+      return 0
     if args.plot:
       plot_rows(rows, args.plot)
-  except (ConfigError, ValueError) as e:
+  except ConfigError as e:
     print(f'mcj.sweep: error: {e}', file=sys.stderr)
     return 2
+  except (FloatingPointError, CheckpointError) as e:
+    print(f'mcj.sweep: error: {e}', file=sys.stderr)
+    return 1
   print(json.dumps(rows, indent=1) if args.json else format_rows(rows))
   return 0
 

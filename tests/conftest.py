@@ -1,15 +1,24 @@
 """Test-session setup: four CPU devices (forced, whatever XLA_FLAGS the user has), CPU
-collectives that wait out a loaded machine, and the ``slow`` marker for the full tier.
+collectives that wait out a loaded machine, a compilation cache shared by the session's
+workers and subprocesses (many tests compile the same tiny programs), and the ``slow``
+marker for the full tier.
 
   python -m pytest -q -n 2 -m "not slow" tests    # fast tier
   python -m pytest -q -n 2 tests                  # full suite
 """
 import os
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# Set before jax is imported (it reads these once); children inherit them. A cache dir the
+# user exports persists across sessions; by default each session starts empty.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='mcj-test-xla-cache-')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 from tests import helpers  # noqa: E402  pylint: disable=g-import-not-at-top
 

@@ -1,5 +1,6 @@
 """Entry points end to end: shipped configs' :runlocal variants and the benchmark."""
 import glob
+import json
 import os
 
 import jax
@@ -26,8 +27,7 @@ def test_every_config_runlocal_trains(tmp_path, path):
   config = config_lib.load_config(os.path.join(ROOT, path) + ':runlocal')
   results = train_and_evaluate(config, str(tmp_path))
   assert results['step'] >= 2 and 0.0 <= results['eval/accuracy'] <= 1.0
-  assert results['model_size_bytes'] * results['compression_ratio'] == pytest.approx(
-      results['float32_size_bytes'])
+  assert np.isfinite(results['eval/loss']) and results['params'] > 0
 
 
 def test_bop_run_leaves_binary_kernels_at_plus_minus_one(tmp_path):
@@ -40,6 +40,21 @@ def test_bop_run_leaves_binary_kernels_at_plus_minus_one(tmp_path):
   kernel = np.asarray(params['layer2_0']['conv1']['kernel'])
   np.testing.assert_allclose(np.abs(kernel), 1.0, rtol=1e-6)
   assert np.abs(np.asarray(params['stem_conv']['kernel'])).max() < 1.0  # float: Adam
+
+
+def test_bench_stdout_is_json_only():
+  """Users pipe the benchmark into scripts: the trainer's log goes to stderr."""
+  import subprocess
+  import sys
+  from tests.helpers import cpu_env
+  proc = subprocess.run([sys.executable, '-m', 'mcj.bench', '--model', 'resnet20',
+                         '--image_size', '8', '--num_classes', '10', '--batch_size', '8',
+                         '--steps', '3', '--compute_dtype', 'float32'], env=cpu_env(1),
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1 and json.loads(lines[0])['img_per_sec'] > 0, proc.stdout
+  assert 'mcj: ' in proc.stderr
 
 
 def test_bench_reports_throughput():

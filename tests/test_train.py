@@ -51,33 +51,27 @@ def test_outputs_and_resume(tmp_path, capsys):
   out = capsys.readouterr().out
   assert 'step       2/6 | loss' in out and 'img/s | ETA' in out
 
-  # The same command again finds the final checkpoint: nothing to train, same results.
+  # The same command again: the run is finished, its results are left as they were.
+  before = open(os.path.join(workdir, 'results.json')).read()
   again = train_and_evaluate(config, workdir)
-  assert 'resumed from step 6' in capsys.readouterr().out
-  assert again['eval/accuracy'] == pytest.approx(results['eval/accuracy'])
-  assert len(read_metrics(workdir)) == len(metrics) + 1  # one more final-eval line only
+  assert f'{workdir} is finished (step 6' in capsys.readouterr().out
+  assert again == json.loads(before)
+  assert open(os.path.join(workdir, 'results.json')).read() == before
+  assert read_metrics(workdir) == metrics
 
 
 def test_longer_run_resumes_and_truncates_stale_metrics(tmp_path):
   workdir = str(tmp_path)
   train_and_evaluate(tiny('steps=4,ckpt=2,log=1'), workdir)
-  # Extend the run: it restarts from step 4 and continues the data stream.
-  train_and_evaluate(tiny('steps=8,ckpt=2,log=1'), workdir)
+  # Extend the run (an explicit config change): it restarts from step 4 and continues the
+  # data stream; the first run's config and results are kept beside the new ones.
+  train_and_evaluate(tiny('steps=8,ckpt=2,log=1'), workdir, allow_config_change=True)
   steps = [m['step'] for m in read_metrics(workdir) if 'train/loss' in m]
   assert steps == [1, 2, 3, 4, 5, 6, 7, 8]
-
-
-def test_corrupt_latest_checkpoint_falls_back_with_warning(tmp_path):
-  workdir = str(tmp_path)
-  train_and_evaluate(tiny('steps=4,ckpt=2'), workdir)
-  latest = os.path.join(workdir, 'checkpoints', '4', 'default')
-  for root, _, files in os.walk(latest):
-    for name in files:
-      with open(os.path.join(root, name), 'wb') as f:
-        f.write(b'garbage')
-  with pytest.warns(UserWarning, match='step 4 .* could not be restored'):
-    results = train_and_evaluate(tiny('steps=6,ckpt=2'), workdir)
-  assert results['step'] == 6
+  kept = sorted(f for f in os.listdir(workdir) if f.count('.') == 2)
+  assert [f.split('.')[0] for f in kept] == ['config', 'results'], kept
+  assert json.load(open(os.path.join(workdir, kept[0])))['total_steps'] == 4
+  assert json.load(open(os.path.join(workdir, kept[1])))['step'] == 4
 
 
 # ------------------------------------------------------------------ clear errors
@@ -104,10 +98,13 @@ def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path)
   config = tiny('steps=30,ckpt=1,log=1,lr=1e30')
-  with pytest.raises(FloatingPointError, match=r'train/loss is (nan|inf) at step \d+'):
+  with pytest.raises(FloatingPointError, match=r'train/loss is (nan|inf) at step \d+') as e:
     train_and_evaluate(config, workdir)
   step, params = final_params(workdir)
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params)), step
+  # The checkpoint it names is a finished one (the save in flight has landed).
+  assert f'last good checkpoint (step {step})' in str(e.value)
+  assert not [d for d in os.listdir(os.path.join(workdir, 'checkpoints')) if 'tmp' in d]
 
 
 # ------------------------------------------------------------------ devices and hosts

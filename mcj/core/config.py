@@ -7,7 +7,9 @@ field already has, and unknown keys or wrong types are a ``ConfigError``.
 """
 import ast
 import importlib.util
+import inspect
 import os
+import traceback
 
 import ml_collections
 
@@ -29,11 +31,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ConfigError(f'Unknown config argument {key!r}. Valid: {", ".join(sorted(defaults))}.')
     if not eq:
       value = 'True'
-    out[key] = _parse_value(value.strip(), defaults[key], key)
+    out[key] = parse_value(value.strip(), defaults[key], key)
   return out
 
 
-def _parse_value(text: str, current, key: str):
+def parse_value(text: str, current, key: str):
   """Parses ``text`` into the type of ``current`` (bool, int, float, str, tuple, None)."""
   if isinstance(current, bool):
     if text.lower() in ('1', 'true', 'yes', 'on'):
@@ -66,21 +68,61 @@ def article(type_name: str) -> str:
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """Imports ``path.py[:arg]`` and returns ``get_config(arg)``."""
+  """Imports ``path.py[:arg]`` and returns ``get_config(arg)``; a missing file, a folder, a
+  syntax error or an argument ``get_config`` does not take is one ConfigError line."""
   path, _, arg = spec.partition(':')
+  if os.path.isdir(path):
+    examples = sorted(f for f in os.listdir(path) if f.endswith('.py'))[:3]
+    raise ConfigError(f'Config {path!r} is a folder: give a .py file'
+                      + (f' such as {os.path.join(path, examples[0])}' if examples else '')
+                      + '.')
   if not os.path.isfile(path):
     raise ConfigError(f'Config file {path!r} does not exist.')
   module_spec = importlib.util.spec_from_file_location('mcj_user_config', path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ConfigError(f'Config file {path!r} has a syntax error at line {e.lineno}: '
+                      f'{e.msg}.') from None
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'Config file {path!r} failed to load{_line_in(e, path)}: '
+                      f'{type(e).__name__}: {e}') from None
   if not hasattr(module, 'get_config'):
     raise ConfigError(f'Config file {path!r} defines no get_config(arg).')
-  config = module.get_config(arg or None) if arg else module.get_config()
+  takes_arg = bool(inspect.signature(module.get_config).parameters)
+  if arg and not takes_arg:
+    raise ConfigError(f'{path}: get_config() takes no argument; drop ":{arg}".')
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'{path}: get_config({repr(arg) if arg else ""}) failed{_line_in(e, path)}: '
+                      f'{type(e).__name__}: {e}') from None
+  if not isinstance(config, (dict, ml_collections.ConfigDict)):
+    raise ConfigError(f'{path}: get_config() must return a dict or ConfigDict, got '
+                      f'{type(config).__name__}.')
   return ml_collections.ConfigDict(config)
 
 
-def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
-  """Sets ``config.a.b = text`` parsed to the field's type; unknown keys list valid ones."""
+def _line_in(e: BaseException, path: str) -> str:
+  """' at line N' of the innermost frame of ``path`` in ``e``'s traceback, if any."""
+  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__)
+           if os.path.abspath(f.filename) == os.path.abspath(path)]
+  return f' at line {lines[-1]}' if lines else ''
+
+
+def override(config: ml_collections.ConfigDict, dotted_key: str, text: str,
+             open_blocks: dict | None = None) -> None:
+  """Sets ``config.a.b = text`` parsed to the field's type; unknown keys list valid ones.
+
+  ``open_blocks`` maps a block's path (e.g. ``'config.model'``) to a function of that block
+  returning the keys it also accepts (a model's own options): such a key is set even when
+  the config file did not set it; a key it does not accept lists them.
+  """
   *parents, leaf = dotted_key.split('.')
   node, path = config, 'config'
   for part in parents:
@@ -88,20 +130,27 @@ def override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> N
       raise ConfigError(f'Unknown config key {path}.{part}. Valid: {_keys(node)}.')
     node, path = node[part], f'{path}.{part}'
   if leaf not in node:
-    raise ConfigError(f'Unknown config key {path}.{leaf}. Valid: {_keys(node)}.')
+    extra = (open_blocks or {}).get(path)
+    accepted = sorted(extra(node)) if extra else []
+    if leaf not in accepted:
+      valid = ', '.join(sorted(set(node.keys()) | set(accepted)))
+      raise ConfigError(f'Unknown config key {path}.{leaf}. Valid: {valid}.')
+    with node.ignore_type():
+      node[leaf] = parse_value(text, None, f'{path}.{leaf}')
+    return
   if isinstance(node[leaf], ml_collections.ConfigDict):
     raise ConfigError(f'{path}.{leaf} is a block: set one of its keys ({_keys(node[leaf])}).')
   with node.ignore_type():
-    node[leaf] = _parse_value(text, node[leaf], f'{path}.{leaf}')
+    node[leaf] = parse_value(text, node[leaf], f'{path}.{leaf}')
 
 
 def _keys(node) -> str:
   return ', '.join(sorted(node.keys()))
 
 
-def parse_overrides(config, argv: list[str]) -> None:
-  """Applies ``--config.key=value`` (or ``--config.key value``) arguments in order."""
-  i = 0
+def split_overrides(argv: list[str]) -> list[tuple[str, str]]:
+  """``--config.key=value`` (or ``--config.key value``) arguments as ``(key, text)``."""
+  out, i = [], 0
   while i < len(argv):
     item = argv[i]
     if not item.startswith('--config.'):
@@ -111,8 +160,15 @@ def parse_overrides(config, argv: list[str]) -> None:
       if i + 1 >= len(argv):
         raise ConfigError(f'--config.{key} needs a value.')
       i, value = i + 1, argv[i + 1]
-    override(config, key, value)
+    out.append((key, value))
     i += 1
+  return out
+
+
+def parse_overrides(config, argv: list[str], open_blocks: dict | None = None) -> None:
+  """Applies ``--config.key=value`` arguments in order (``override``)."""
+  for key, value in split_overrides(argv):
+    override(config, key, value, open_blocks)
 
 
 def runlocal_overrides(*, image_size: int, num_classes: int, num_train_examples: int,

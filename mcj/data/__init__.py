@@ -15,6 +15,7 @@ dataset object with:
 and TensorFlow is imported only then.
 """
 from mcj.core import registry
+from mcj.core.config import ConfigError
 from mcj.data import digits, synthetic  # noqa: F401  (they register themselves)
 from mcj.data.base import (DatasetInfo, epoch_permutation, host_slice, mixup,  # noqa: F401
                            padded_eval_batches, stream_indices)
@@ -26,10 +27,14 @@ DEFAULTS = {'name': 'digits', 'data_dir': None, 'train_split': None, 'eval_split
             'shuffle_buffer': None, 'augment': True}
 
 
-def _builder(name):
+def _builder(name, data_config=None):
   """A registered dataset (``digits``, ``synthetic``); any other name is a TFDS dataset,
-  and only then is TensorFlow imported."""
+  and only then is TensorFlow imported. A ``data_dir`` given to a dataset that reads none
+  is an error, not ignored."""
   if registry.contains('dataset', name):
+    if data_config is not None and data_config.get('data_dir', None):
+      raise ConfigError(f'Dataset {name!r} is built in and reads no data_dir: unset '
+                        'config.data.data_dir, or name a TFDS dataset.')
     return registry.get('dataset', name)
   from mcj.data import tfds  # pylint: disable=g-import-not-at-top
   return tfds.TfdsDataset
@@ -37,13 +42,13 @@ def _builder(name):
 
 def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1):
   """Returns the dataset named by ``data_config.name`` (see the module docstring)."""
-  return _builder(data_config.name)(
+  return _builder(data_config.name, data_config)(
       data_config, seed=seed, process_index=process_index, process_count=process_count)
 
 
 def get_dataset_info(data_config) -> DatasetInfo:
   """Shape and size facts of a dataset, without reading its examples."""
-  return _builder(data_config.name).dataset_info(data_config)
+  return _builder(data_config.name, data_config).dataset_info(data_config)
 
 
 # What the model sees for well-known TFDS datasets: (classes, input shape or None for

@@ -26,7 +26,9 @@ import re
 
 import ml_collections
 
+from mcj.core import workdir as workdir_lib
 from mcj.core.config import ConfigError
+from mcj.train.schema import default_config, merge_config
 
 STAGE_NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]*$')
 
@@ -79,37 +81,46 @@ def _resolve(value: str, done: dict, stage: str, what: str) -> str:
   return value
 
 
-def run(config, workdir: str, train_fn) -> dict:
+def run(config, workdir: str, train_fn, *, allow_config_change: bool = False) -> dict:
   """Runs the unfinished stages in order with ``train_fn(config, stage_workdir)``."""
   import jax  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   say = (lambda *a: print(*a, flush=True)) if is_main else (lambda *a: None)
   stages = stage_configs(config, workdir)
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2, sort_keys=True))
-  finished = []
-  for i, (name, stage_dir, stage_config) in enumerate(stages):
-    results_path = os.path.join(stage_dir, 'results.json')
-    if os.path.exists(results_path):
-      with open(results_path) as f:
-        results = json.load(f)
-      say(f'mcj: stage {i + 1}/{len(stages)} {name}: finished earlier '
-          f'(eval/accuracy {results.get("eval/accuracy", float("nan")):.4f}).')
-    else:
-      say(f'mcj: stage {i + 1}/{len(stages)} {name} in {stage_dir}')
-      results = train_fn(stage_config, stage_dir)
-      if results.get('preempted'):
-        return {**results, 'stage': name}
-    finished.append({'name': name, 'workdir': stage_dir, **results})
-  summary = {**finished[-1], 'stages': finished}
-  summary.pop('workdir')
-  say('mcj: pipeline finished\n' + format_stages(finished))
-  if is_main:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
-  return summary
+  for name, _, stage_config in stages:  # every stage checked before the first trains
+    try:
+      merge_config(stage_config)
+    except ConfigError as e:
+      raise ConfigError(f'stage {name}: {e}') from None
+  with workdir_lib.open_run(workdir, config.to_dict(), config.to_json(indent=2, sort_keys=True),
+                            allow_change=allow_config_change, is_main=is_main,
+                            defaults=default_config().to_dict(), say=say) as finished_run:
+    if finished_run is not None:
+      return finished_run
+    finished = []
+    for i, (name, stage_dir, stage_config) in enumerate(stages):
+      results_path = os.path.join(stage_dir, 'results.json')
+      if os.path.exists(results_path):
+        with open(results_path) as f:
+          results = json.load(f)
+        say(f'mcj: stage {i + 1}/{len(stages)} {name}: finished earlier '
+            f'(eval/accuracy {results.get("eval/accuracy", float("nan")):.4f}).')
+      else:
+        say(f'mcj: stage {i + 1}/{len(stages)} {name} in {stage_dir}')
+        try:
+          results = train_fn(stage_config, stage_dir)
+        except ConfigError as e:
+          raise ConfigError(f'stage {name}: {e}') from None
+        if results.get('preempted'):
+          return {**results, 'stage': name}
+      finished.append({'name': name, 'workdir': stage_dir, **results})
+    summary = {**finished[-1], 'stages': finished}
+    summary.pop('workdir')
+    say('mcj: pipeline finished\n' + format_stages(finished))
+    if is_main:
+      workdir_lib.write_atomically(os.path.join(workdir, 'results.json'),
+                                   json.dumps(summary, indent=2))
+    return summary
 
 
 def format_stages(stages: list[dict]) -> str:

@@ -10,6 +10,7 @@ continues the data stream where it stopped.
 """
 import collections
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -29,12 +30,13 @@ from mcj.compress.prune import pruner as prune_lib
 from mcj.core import checkpoint as checkpoint_lib
 from mcj.core import metrics as metrics_lib
 from mcj.core import parallel
+from mcj.core import workdir as workdir_lib
 from mcj.models import get_model
 from mcj.nn import inspect
 from mcj.train import optim
 from mcj.train import pipeline
 from mcj.train import steps as steps_lib
-from mcj.train.schema import merge_config
+from mcj.train.schema import default_config, merge_config
 
 AXIS = parallel.AXIS
 # Summary totals written to results.json (see mcj/analysis/summary.py for the conventions).
@@ -207,9 +209,13 @@ def train_loop(exp: Experiment, state, p_train_step, p_eval_step, checkpointer, 
     pending = []
     for s, m in fetched:
       if not np.isfinite(m['train/loss']):
+        checkpointer.wait()  # the save in flight, if any, lands before it is named
+        kept = checkpointer.latest_step()
         raise FloatingPointError(
-            f'train/loss is {m["train/loss"]} at step {s}: stopping. The last good checkpoint '
-            f'(step {checkpointer.latest_step()}) is kept in {checkpointer.directory}.')
+            f'train/loss is {m["train/loss"]} at step {s}: stopping. '
+            + (f'The last good checkpoint (step {kept}) is kept in {checkpointer.directory}.'
+               if kept is not None else 'No checkpoint was saved before it.'))
+    checkpointer.check()  # a background save that failed (a full disk) stops the run here
     if fetched and writer and (step % config.log_every_steps == 0 or step == total_steps):
       means = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[0][1]}
       means.update(progress.tick(step), lr=float(exp.schedule(step - 1)))
@@ -288,17 +294,28 @@ def exp_steps(exp: Experiment):
   return exp.compiled_steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False) -> dict:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns results.
+
+  A workdir that holds a run of another config is refused unless ``allow_config_change``
+  (``mcj.core.workdir``); a finished run is reported, not trained or evaluated again.
+  """
   config = merge_config(config)
   if config.stages:
-    return pipeline.run(config, workdir, train_and_evaluate)
+    return pipeline.run(config, workdir, functools.partial(
+        train_and_evaluate, allow_config_change=allow_config_change),
+        allow_config_change=allow_config_change)
   is_main = jax.process_index() == 0
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2, sort_keys=True))
+  with workdir_lib.open_run(workdir, config.to_dict(), config.to_json(indent=2, sort_keys=True),
+                            allow_change=allow_config_change, is_main=is_main,
+                            defaults=default_config().to_dict(), say=_say) as finished:
+    if finished is not None:
+      return finished
+    return _train(config, workdir, is_main)
 
+
+def _train(config, workdir: str, is_main: bool) -> dict:
   exp = build(config)
   state = init_state(exp)
   num_params = sum(x.size for x in jax.tree.leaves(state['params']))
@@ -309,13 +326,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _say(f'mcj: {exp.pruner.describe()}.')
   p_train_step, p_eval_step = exp_steps(exp)
 
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-  state = restore(exp, state, checkpointer)
-  start_step = int(parallel.fetch(state['step']))
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
-
-  loop = train_loop(exp, state, p_train_step, p_eval_step, checkpointer, writer)
-  checkpointer.close()
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints, say=_say)
+  writer = None
+  try:  # every exit path waits for the save in flight
+    state = restore(exp, state, checkpointer)
+    start_step = int(parallel.fetch(state['step']))
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
+    loop = train_loop(exp, state, p_train_step, p_eval_step, checkpointer, writer)
+    checkpointer.wait()
+  except BaseException:
+    if writer:
+      writer.close()
+    raise
+  finally:
+    checkpointer.close()
   if loop.preempted:
     _say(f'mcj: stopped by SIGTERM at step {loop.step}; checkpoint saved. Rerun to resume.')
     return {'preempted': True, 'step': loop.step}
@@ -324,8 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_main:
     writer.write(loop.step, {k: v for k, v in results.items() if k.startswith('eval/')})
     writer.close()
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    workdir_lib.write_atomically(os.path.join(workdir, 'results.json'), json.dumps(results, indent=2))
   return results
 
 
@@ -346,16 +369,14 @@ def _prefetch(iterator, size):
 
 class _PreemptionWatcher:
   """SIGTERM (a TPU preemption notice) asks the loop to save and exit at a step all hosts
-  agree on; with several hosts jax's own preemption service coordinates that step."""
+  agree on; with several hosts jax's own preemption service coordinates that step. The
+  request is process-wide, so one that arrives between runs (a sweep compiling its next
+  run) is honoured at that run's first step."""
+  requested = False  # set by the handler; cleared once a loop has stopped for it
 
   def __init__(self):
-    self.requested = False
-    if jax.process_count() == 1:
-      signal.signal(signal.SIGTERM, self._on_sigterm)
-
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    if jax.process_count() == 1 and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+      signal.signal(signal.SIGTERM, _on_sigterm)
 
   def now(self, step) -> bool:
     if jax.process_count() > 1:
@@ -364,6 +385,22 @@ class _PreemptionWatcher:
         return multihost_utils.reached_preemption_sync_point(step)
       except RuntimeError:  # no preemption service in this runtime
         return False
-    return self.requested
+    if _PreemptionWatcher.requested:
+      _PreemptionWatcher.requested = False
+      return True
+    return False
 
 
+def _on_sigterm(signum, frame):
+  del signum, frame
+  _PreemptionWatcher.requested = True
+
+
+def preemption_requested() -> bool:
+  """Whether a SIGTERM arrived that no train loop has stopped for yet."""
+  return _PreemptionWatcher.requested
+
+
+def watch_preemption() -> None:
+  """Installs the SIGTERM handler now (a sweep does, before its first run)."""
+  _PreemptionWatcher()

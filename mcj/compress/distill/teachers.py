@@ -48,6 +48,10 @@ def teacher_spec(spec, index: int) -> dict:
   if spec['compute_dtype'] not in ('', 'float32', 'bfloat16'):
     raise ConfigError(f'{where}.compute_dtype must be float32 or bfloat16, got '
                       f'{spec["compute_dtype"]!r}.')
+  if spec['init_from'] != 'random' and '://' not in spec['init_from'] \
+      and not os.path.exists(spec['init_from']):
+    raise ConfigError(f'{where}.init_from: {spec["init_from"]} does not exist; give the '
+                      'teacher\'s mcj workdir or checkpoint folder.')
   if spec['model'] is None:
     spec['model'] = _model_of_workdir(spec['init_from'], where)
   elif isinstance(spec['model'], str):
@@ -133,7 +137,10 @@ class Distiller:
                 np.zeros(dummy.shape, np.float32))
         variables = jax.tree.map(np.asarray, dict(variables))
       else:
-        loaded = checkpoint_lib.load_variables(spec['init_from'])
+        try:
+          loaded = checkpoint_lib.load_variables(spec['init_from'])
+        except ConfigError as e:
+          raise ConfigError(f'distill.teachers[{i}] ({spec["init_from"]}): {e}') from None
         variables = {'params': checkpoint_lib.fit_variables(
             abstract['params'], loaded['params'], spec['init_from'])}
         if 'batch_stats' in abstract:
