@@ -5,6 +5,7 @@ marker for the full tier.
 
   python -m pytest -q -n 2 -m "not slow" tests    # fast tier
   python -m pytest -q -n 2 tests                  # full suite
+  python -m pytest -q -n 2 --configs -m configs tests   # every shipped config trains
 """
 import os
 import sys
@@ -26,6 +27,24 @@ os.environ['XLA_FLAGS'] = helpers.xla_flags(4, os.environ.get('XLA_FLAGS', ''))
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 
+def pytest_addoption(parser):
+  parser.addoption('--configs', action='store_true',
+                   help='also run the configs tier: every shipped config\'s :runlocal trains')
+
+
 def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: trains end to end or runs subprocesses; '
                           'deselect with -m "not slow" for the fast tier')
+  config.addinivalue_line('markers', 'configs: trains a shipped config\'s :runlocal '
+                          '(ImageNet-size networks compile for minutes on a CPU); skipped '
+                          'unless --configs')
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption('--configs'):
+    return
+  import pytest  # pylint: disable=g-import-not-at-top
+  skip = pytest.mark.skip(reason='configs tier: run with --configs')
+  for item in items:
+    if 'configs' in item.keywords:
+      item.add_marker(skip)

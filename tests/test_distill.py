@@ -308,6 +308,7 @@ def test_rkd_huber_linear_part_is_exercised():
   assert np.max(np.abs(psi(s) - psi(t))) > 1.0
 
 
+@pytest.mark.slow
 def test_rkd_identical_and_scaled_embeddings_give_zero():
   s, _ = embeddings(1)
   np.testing.assert_allclose(distill.rkd_loss(s, s), 0.0, atol=1e-5)
@@ -402,6 +403,7 @@ def _student_outputs(x):
   return features_lib.apply_with_features(student, variables, x, train=False)
 
 
+@pytest.mark.slow
 def test_token_taps_group_by_token_count_and_pair():
   x = jax.random.normal(jax.random.key(0), (4, TOKENS, IN_FEATURES))
   teacher = TokenNet(widths=(16, 16, 16))
@@ -493,6 +495,7 @@ RELATIONAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(RELATIONAL))
 def test_device_count_invariance(name):
   assert jax.device_count() == 4

@@ -21,9 +21,12 @@ CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True))
 
 
-@pytest.mark.parametrize('path', CONFIGS)
+@pytest.mark.parametrize('path', [
+    p if p == os.path.join('configs', 'quickstart.py') else pytest.param(p, marks=pytest.mark.configs)
+    for p in CONFIGS])
 def test_every_config_runlocal_trains(tmp_path, path):
-  """Every shipped config's default `:runlocal` variant trains end to end on this CPU."""
+  """Every shipped config's default `:runlocal` variant trains end to end on this CPU (the
+  quickstart in the full suite, the others in the configs tier: ``--configs``)."""
   config = config_lib.load_config(os.path.join(ROOT, path) + ':runlocal')
   results = train_and_evaluate(config, str(tmp_path))
   assert results['step'] >= 2 and 0.0 <= results['eval/accuracy'] <= 1.0

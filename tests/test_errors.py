@@ -140,6 +140,7 @@ def test_sweep_mistakes_are_one_line_and_nothing_trains(tmp_path, capsys):
   assert not os.path.exists(tmp_path / 'grid')
 
 
+@pytest.mark.slow
 def test_bench_batch_too_large_for_host_memory_is_one_line(capsys):
   for extra in ([], ['--max_batch']):
     rc = bench.main(['--model', 'resnet20', '--image_size', '224', '--batch_size', str(2 ** 24),

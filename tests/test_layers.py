@@ -37,6 +37,7 @@ def test_dilated_conv_equals_flax_conv():
   np.testing.assert_allclose(q.apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_binary_conv_forward_is_sign_times_xnor_scale():
   x = _x((2, 6, 6, 3))
   q = layers.QuantConv(4, 3, 1, 1, input_quantizer='ste_sign', kernel_quantizer='ste_sign',

@@ -86,6 +86,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(name):
   assert out.shape == (2, 10) and out.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_train_step_updates_batch_stats():
   model = get_model('resnet20', 10, stage_sizes=(1, 1, 1))  # Shallow: fast.
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 8, 3)))
@@ -103,6 +104,7 @@ def test_train_step_updates_batch_stats():
   assert jax.tree.all(jax.tree.map(np.array_equal, same['batch_stats'], old))
 
 
+@pytest.mark.slow
 def test_bn_axis_name_averages_stats_across_devices():
   """Per-device BN stats under a named axis equal full-batch stats."""
   x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 8, 8, 3)))

@@ -105,6 +105,7 @@ def test_iterative_segments_and_replayed_learning_rate():
 
 # ------------------------------------------------------------------ targets and masks
 
+@pytest.mark.slow
 def test_targets_skip_first_and_last_and_follow_include_exclude():
   pruner, _ = make(algorithm='magnitude', sparsity=0.5)
   assert target_names(pruner) == ['conv1/kernel', 'conv2/kernel', 'fc0/kernel']
@@ -161,6 +162,7 @@ class SquaredMagnitude(algorithms.Algorithm):
     return jnp.square(weight)
 
 
+@pytest.mark.slow
 def test_a_registered_algorithm_class_is_all_a_new_algorithm_needs():
   pruner, params = make(algorithm='test_prune_squared_magnitude', sparsity=0.75,
                         schedule='one_shot', distribution='erk')
@@ -305,6 +307,7 @@ def test_gradual_masks_are_nested_and_pruned_weights_stay_exactly_zero():
   assert int(history[-1][1].count) == 40
 
 
+@pytest.mark.slow
 def test_iterative_pruning_rewinds_kept_weights():
   total = 50
   pruner, params = make(total_steps=total, algorithm='magnitude', sparsity=0.875,

@@ -112,6 +112,7 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_json_matches_library():
   r = _cli('--model', 'resnet20', '--num_classes', '10', '--image_size', '32',
            '--json')
@@ -124,6 +125,7 @@ def test_cli_json_matches_library():
   assert len(out['layers']) == len(s['layers'])
 
 
+@pytest.mark.slow
 def test_cli_unknown_model_exits_2_with_one_line():
   r = _cli('--model', 'nope')
   assert r.returncode == 2

@@ -105,6 +105,7 @@ def test_densenet_memory(name, mib, digits):
   assert round(_summary(name)['model_size_bytes'] / MiB, digits) == mib
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, mib, digits', [
     ('meliusnet22', 3.88, 2), ('meliusnet29', 5.07, 2), ('meliusnet42', 10.1, 1),
     ('meliusnet59', 17.39, 2),  # BMXNet-v2 results page: 17.39 (REFERENCE: 17.4)

@@ -142,6 +142,7 @@ BNEXT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', list(BNEXT))
 def test_bnext_counts_match_the_official_model(name):
   params, binary, published_bops = BNEXT[name]
@@ -161,6 +162,7 @@ def test_bnext_defaults_use_the_bnext_quantizers():
   assert quantizers.resolve(model.kernel_quantizer).precision == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('options', [
     {'elm_attention': False}, {'infor_recoupling': False},
     {'elm_attention': False, 'infor_recoupling': False},
