@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from mcj.core import parallel
 from mcj.core.config import ConfigError
 
 CHECKSUM_KEY = 'mcj_crc32'
@@ -126,8 +127,9 @@ class Checkpointer:
       bad = sorted(k for k in saved if now.get(k) != saved[k])
       if bad or set(now) != set(saved):
         return f'checksum differs for {", ".join(bad[:3]) or "the tree"}'
-    for path, leaf in jax.tree_util.tree_flatten_with_path(state.get('params', {}))[0]:
-      if not np.isfinite(_host(leaf)).all():
+    params = parallel.fetch(state.get('params', {}))
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+      if not np.isfinite(leaf).all():
         return f'params{jax.tree_util.keystr(path)} is not finite'
     return ''
 
@@ -186,12 +188,8 @@ class Checkpointer:
 
 def checksums(state) -> dict:
   """``{tree path: CRC32 of the array's bytes}`` over ``state`` (this host's copy)."""
-  return {jax.tree_util.keystr(path): zlib.crc32(np.ascontiguousarray(_host(leaf)).tobytes())
-          for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
-
-
-def _host(x):
-  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+  return {jax.tree_util.keystr(path): zlib.crc32(np.ascontiguousarray(leaf).tobytes())
+          for path, leaf in jax.tree_util.tree_flatten_with_path(parallel.fetch(state))[0]}
 
 
 def _first_line(e) -> str:
