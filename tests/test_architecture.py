@@ -21,6 +21,7 @@ LAYERS = [
     {'mcj.analysis'},
     {'mcj.compress'},
     {'mcj.train'},
+    {'mcj.search'},   # spaces, strategies, evaluators: composes the trainer
     {'mcj.summary', 'mcj.sweep', 'mcj.bench'},  # the command-line apps
 ]
 

@@ -85,6 +85,8 @@ def test_every_shipped_config_loads_and_merges():
   assert paths
   from mcj.train import pipeline
   for path in paths:
+    if os.sep + 'search' + os.sep in path:
+      continue  # search configs: test_every_search_config_loads_and_builds
     for arg in ('', ':runlocal'):
       config = merge_config(config_lib.load_config(path + arg))
       if config.stages:  # a pipeline: every stage must merge on its own
@@ -92,3 +94,19 @@ def test_every_shipped_config_loads_and_merges():
           assert merge_config(stage).model.name, path
       else:
         assert config.model.name, path
+
+
+def test_every_search_config_loads_and_builds(tmp_path):
+  """configs/search/*.py merge with the search schema and build (space, strategy,
+  evaluators, metrics of objectives and constraints, a sampled trainer config)."""
+  import glob
+  import os
+  from mcj import search as search_lib
+  from mcj.search import runner
+  root = os.path.dirname(os.path.dirname(__file__))
+  paths = sorted(glob.glob(os.path.join(root, 'configs', 'search', '*.py')))
+  assert paths
+  for path in paths:
+    for arg in ('', ':runlocal'):
+      config = search_lib.merge_config(config_lib.load_config(path + arg))
+      runner.Search(config, str(tmp_path), say=lambda *a: None)

@@ -244,7 +244,7 @@ def test_local_datasets_do_not_import_tensorflow():
   code = '\n'.join([
       'import sys, ml_collections',
       'from mcj import data',
-      "for name in ('digits', 'synthetic'):",
+      "for name in ('digits', 'mnist5k', 'synthetic'):",
       '  config = ml_collections.ConfigDict({"name": name, "image_size": 8})',
       '  ds = data.get_dataset(config, seed=0)',
       '  next(ds.train_batches(0, 8)); next(iter(ds.eval_batches(8)))',

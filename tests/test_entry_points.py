@@ -18,7 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
-    os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+    os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True)
+    if os.path.basename(os.path.dirname(p)) != 'search')
+SEARCH_CONFIGS = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, 'configs', 'search', '*.py')))
 
 
 @pytest.mark.parametrize('path', [
@@ -31,6 +34,19 @@ def test_every_config_runlocal_trains(tmp_path, path):
   results = train_and_evaluate(config, str(tmp_path))
   assert results['step'] >= 2 and 0.0 <= results['eval/accuracy'] <= 1.0
   assert np.isfinite(results['eval/loss']) and results['params'] > 0
+
+
+@pytest.mark.configs
+@pytest.mark.parametrize('path', SEARCH_CONFIGS)
+def test_every_search_config_runlocal_searches(tmp_path, path):
+  """Every search config's `:runlocal` variant searches end to end and leaves a best/
+  config."""
+  from mcj import search as search_lib
+  from mcj.search import runner
+  config = search_lib.merge_config(config_lib.load_config(os.path.join(ROOT, path) + ':runlocal'))
+  results = runner.run(config, str(tmp_path), say=lambda *a: None)
+  assert results['evaluated'] >= 1 and (tmp_path / 'results.json').exists()
+  assert results['best'] is None or (tmp_path / 'best' / 'config.py').exists()
 
 
 def test_bop_run_leaves_binary_kernels_at_plus_minus_one(tmp_path):

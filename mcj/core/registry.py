@@ -1,8 +1,7 @@
 """The one registry: every named thing a config can ask for, registered next to its code.
 
 Models, datasets, quantizers, optimizers, schedules, distillation losses, pruning
-algorithms, schedules and distributions (and, as they land, search spaces, strategies and
-evaluators) are looked up here by kind and name::
+algorithms, schedules and distributions, search spaces, strategies and evaluators are looked up here by kind and name::
 
   @registry.register('quantizer', 'ste_sign')
   def ste_sign(clip_value=1.0): ...
@@ -29,7 +28,9 @@ _LABELS = {'model': 'model', 'dataset': 'dataset', 'quantizer': 'quantizer',
            'optimizer': 'optimizer', 'schedule': 'schedule',
            'binary_optimizer': 'binary optimizer', 'logit_loss': 'distill.logit_loss',
            'feature_loss': 'distill.feature_loss', 'prune_algorithm': 'prune.algorithm',
-           'prune_schedule': 'prune.schedule', 'prune_distribution': 'prune.distribution'}
+           'prune_schedule': 'prune.schedule', 'prune_distribution': 'prune.distribution',
+           'search_space': 'search space', 'search_strategy': 'search strategy',
+           'search_evaluator': 'search evaluator', 'search_proxy': 'zero-cost proxy'}
 
 _ENTRIES: dict[str, dict[str, Any]] = {}
 _INFO: dict[tuple[str, str], dict] = {}

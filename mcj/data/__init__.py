@@ -11,12 +11,12 @@ dataset object with:
 * ``eval_batches(global_batch_size)``: one pass over the eval split, padded so every host
   yields the same number of batches, with ``'mask'`` (1 real, 0 padding).
 
-``digits`` and ``synthetic`` never import TensorFlow; every other name is a TFDS dataset,
-and TensorFlow is imported only then.
+``digits``, ``mnist5k`` and ``synthetic`` never import TensorFlow; every other name is a
+TFDS dataset, and TensorFlow is imported only then.
 """
 from mcj.core import registry
 from mcj.core.config import ConfigError
-from mcj.data import digits, synthetic  # noqa: F401  (they register themselves)
+from mcj.data import digits, mnist5k, synthetic  # noqa: F401  (they register themselves)
 from mcj.data.base import (DatasetInfo, epoch_permutation, host_slice, mixup,  # noqa: F401
                            padded_eval_batches, stream_indices)
 

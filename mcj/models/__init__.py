@@ -11,7 +11,7 @@ from mcj.core import registry
 from mcj.core.config import ConfigError
 from mcj.models.bnn import (binary_densenet, binary_resnet, bnext, meliusnet, quicknet,  # noqa: F401
                             reactnet)
-from mcj.models.cnn import mobilenet, resnet  # noqa: F401
+from mcj.models.cnn import mobilenet, nb201, resnet  # noqa: F401
 
 
 def get_model(name: str, num_classes: int, **options):

@@ -48,12 +48,15 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
 
-def merge_config(user) -> ml_collections.ConfigDict:
+def merge_config(user, *, path: str = 'config', need_model: bool = True
+                 ) -> ml_collections.ConfigDict:
   """Defaults overlaid with ``user``; unknown keys and wrong types are ConfigErrors. The
-  result is locked (ml_collections): code that sets a key the schema lacks fails too."""
+  result is locked (ml_collections): code that sets a key the schema lacks fails too.
+  ``path`` names the block in error messages (a search's ``config.train``); a search's
+  train block has no model yet (``need_model=False``)."""
   config = default_config()
-  _merge_into(config, user, 'config')
-  if not config.model.name and not config.stages:
+  _merge_into(config, user, path)
+  if need_model and not config.model.name and not config.stages:
     raise ConfigError('config.model.name is not set.')
   validate(config)
   config.lock()

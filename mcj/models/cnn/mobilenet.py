@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from mcj.core import registry
 from mcj.core import tree as tree_lib
+from mcj.core.config import ConfigError
 from mcj.nn import blocks
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -213,12 +214,13 @@ class InvertedResidualV3(nn.Module):
   stride: int
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
+  bn_momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x, train=False):
     layer = functools.partial(ConvBN, act=self.act, dtype=self.dtype,
                               bn_axis_name=self.bn_axis_name,
-                              bn_momentum=0.99, bn_epsilon=1e-3)
+                              bn_momentum=self.bn_momentum, bn_epsilon=1e-3)
     y = x
     if self.expanded != x.shape[-1]:
       y = layer(self.expanded, 1, name='expand')(y, train)
@@ -234,24 +236,38 @@ class InvertedResidualV3(nn.Module):
 
 
 _RE, _HS = nn.relu, jax.nn.hard_swish
+# Activations by name, so a block table is plain data (configs, search spaces, JSON).
+ACTIVATIONS = {'relu': nn.relu, 'hardswish': jax.nn.hard_swish}
+_RE_NAME, _HS_NAME = 'relu', 'hardswish'
+
+
+def activation(act) -> Callable:
+  """A block table's activation: a name of ``ACTIVATIONS`` or the function itself."""
+  if callable(act):
+    return act
+  if act not in ACTIVATIONS:
+    raise ConfigError(f'Unknown activation {act!r} in a MobileNetV3 block. Valid: '
+                      f'{", ".join(ACTIVATIONS)}.')
+  return ACTIVATIONS[act]
+
 
 # (kernel, expanded, out, use_se, activation, stride), torchvision's bneck table.
 V3_LARGE = (
-    (3, 16, 16, False, _RE, 1), (3, 64, 24, False, _RE, 2),
-    (3, 72, 24, False, _RE, 1), (5, 72, 40, True, _RE, 2),
-    (5, 120, 40, True, _RE, 1), (5, 120, 40, True, _RE, 1),
-    (3, 240, 80, False, _HS, 2), (3, 200, 80, False, _HS, 1),
-    (3, 184, 80, False, _HS, 1), (3, 184, 80, False, _HS, 1),
-    (3, 480, 112, True, _HS, 1), (3, 672, 112, True, _HS, 1),
-    (5, 672, 160, True, _HS, 2), (5, 960, 160, True, _HS, 1),
-    (5, 960, 160, True, _HS, 1))
+    (3, 16, 16, False, 'relu', 1), (3, 64, 24, False, 'relu', 2),
+    (3, 72, 24, False, 'relu', 1), (5, 72, 40, True, 'relu', 2),
+    (5, 120, 40, True, 'relu', 1), (5, 120, 40, True, 'relu', 1),
+    (3, 240, 80, False, 'hardswish', 2), (3, 200, 80, False, 'hardswish', 1),
+    (3, 184, 80, False, 'hardswish', 1), (3, 184, 80, False, 'hardswish', 1),
+    (3, 480, 112, True, 'hardswish', 1), (3, 672, 112, True, 'hardswish', 1),
+    (5, 672, 160, True, 'hardswish', 2), (5, 960, 160, True, 'hardswish', 1),
+    (5, 960, 160, True, 'hardswish', 1))
 V3_SMALL = (
-    (3, 16, 16, True, _RE, 2), (3, 72, 24, False, _RE, 2),
-    (3, 88, 24, False, _RE, 1), (5, 96, 40, True, _HS, 2),
-    (5, 240, 40, True, _HS, 1), (5, 240, 40, True, _HS, 1),
-    (5, 120, 48, True, _HS, 1), (5, 144, 48, True, _HS, 1),
-    (5, 288, 96, True, _HS, 2), (5, 576, 96, True, _HS, 1),
-    (5, 576, 96, True, _HS, 1))
+    (3, 16, 16, True, 'relu', 2), (3, 72, 24, False, 'relu', 2),
+    (3, 88, 24, False, 'relu', 1), (5, 96, 40, True, 'hardswish', 2),
+    (5, 240, 40, True, 'hardswish', 1), (5, 240, 40, True, 'hardswish', 1),
+    (5, 120, 48, True, 'hardswish', 1), (5, 144, 48, True, 'hardswish', 1),
+    (5, 288, 96, True, 'hardswish', 2), (5, 576, 96, True, 'hardswish', 1),
+    (5, 576, 96, True, 'hardswish', 1))
 
 
 class MobileNetV3(nn.Module):
@@ -262,12 +278,26 @@ class MobileNetV3(nn.Module):
   hardswish + dropout + Dense. Parameter counts are torchvision's: large
   5,483,032, small 2,542,856 (the TF-slim small model reports 2.9M for its own
   variant).
+
+  ``settings`` is the block table (kernel, expanded, out, use_se, activation name, stride),
+  so any MobileNetV3-style network is plain data (the ``mobilenet_v3`` search space emits
+  it); ``stem_channels`` / ``stem_stride`` / ``head_channels`` (None: 6x the last block's)
+  reshape the ends for small inputs; ``bn_momentum`` (flax's: 0.99 = torch's 0.01) is
+  0.9 in the search's small-input variants, whose short trainings leave too few steps for
+  the running statistics to settle at 0.99. ``head_bias=False`` is Once-for-All's layout (its
+  feature-mix 1x1 conv after pooling has no bias): with the same table it is exactly
+  ``last_channel`` params smaller than torchvision's.
   """
   num_classes: int = 1000
-  settings: Sequence[tuple] = V3_LARGE
+  settings: Sequence[Sequence] = V3_LARGE
   last_channel: int = 1280
   width_multiplier: float = 1.0
   dropout_rate: float = 0.2
+  stem_channels: int = 16
+  stem_stride: int = 2
+  head_channels: int | None = None
+  head_bias: bool = True
+  bn_momentum: float = 0.99
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
@@ -275,14 +305,16 @@ class MobileNetV3(nn.Module):
   def __call__(self, x, train: bool = False):
     ch = lambda c: make_divisible(c * self.width_multiplier)
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    bn = dict(bn_momentum=0.99, bn_epsilon=1e-3)
-    x = ConvBN(ch(16), 3, 2, act=_HS, name='stem', **kw, **bn)(x, train)
+    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=1e-3)
+    x = ConvBN(ch(self.stem_channels), 3, self.stem_stride, act=_HS, name='stem', **kw,
+               **bn)(x, train)
     for i, (k, e, c, se, act, s) in enumerate(self.settings):
-      x = InvertedResidualV3(k, ch(e), ch(c), se, act, s, name=f'block{i}',
-                             **kw)(x, train)
-    x = ConvBN(6 * x.shape[-1], 1, act=_HS, name='head', **kw, **bn)(x, train)
+      x = InvertedResidualV3(k, ch(e), ch(c), bool(se), activation(act), s, name=f'block{i}',
+                             bn_momentum=self.bn_momentum, **kw)(x, train)
+    head = ch(self.head_channels) if self.head_channels else 6 * x.shape[-1]
+    x = ConvBN(head, 1, act=_HS, name='head', **kw, **bn)(x, train)
     x = jnp.mean(x, axis=(1, 2))
-    x = nn.Dense(ch(self.last_channel), kernel_init=dense_init,
+    x = nn.Dense(ch(self.last_channel), use_bias=self.head_bias, kernel_init=dense_init,
                  dtype=self.dtype, name='classifier1')(x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(_HS(x))
     x = nn.Dense(self.num_classes, kernel_init=dense_init, dtype=self.dtype,
@@ -293,6 +325,7 @@ class MobileNetV3(nn.Module):
 MODELS = {
     'mobilenet_v1': MobileNetV1,
     'mobilenet_v2': MobileNetV2,
+    'mobilenet_v3': MobileNetV3,  # any block table (``settings``); default: Large's
     'mobilenet_v3_large': functools.partial(MobileNetV3, settings=V3_LARGE,
                                             last_channel=1280),
     'mobilenet_v3_small': functools.partial(MobileNetV3, settings=V3_SMALL,
