@@ -12,7 +12,9 @@
 #   launch/tpu_vm.sh stop                       # kills the job (it saves on SIGTERM, rerun resumes)
 #   launch/tpu_vm.sh delete
 #
-# `run` starts `python -m mcj.train` on ALL workers at once, in the background, with
+# `run` starts `python -m $MODULE` (default mcj.train; MODULE=mcj.search for an architecture
+# search, whose candidates then train data-parallel over every chip) on ALL workers at once,
+# in the background, with
 # TFDS_DATA_DIR set; jax.distributed is initialised automatically on multi-host TPU VMs.
 # The workdir must be a gs:// path that every worker can write (checkpoints, metrics).
 # Rerunning `run` with the same workdir resumes from the newest checkpoint.
@@ -23,6 +25,7 @@ set -euo pipefail
 VERSION=${VERSION:-tpu-ubuntu2204-base}
 REMOTE_DIR=${REMOTE_DIR:-mcj}
 LOG=${LOG:-/tmp/mcj_train.log}
+MODULE=${MODULE:-mcj.train}
 gc=(gcloud compute tpus tpu-vm)
 [[ -n "${PROJECT:-}" ]] && gc+=(--project "$PROJECT")
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,7 +47,7 @@ case "$cmd" in
     workdir=${2:?usage: run TFDS_DATA_DIR WORKDIR --config FILE[:ARG] [--config.key=value ...]}
     shift 2
     args=$(printf '%q ' "$@")
-    on_all "cd ~/$REMOTE_DIR && TFDS_DATA_DIR=$data_dir nohup python3 -m mcj.train \
+    on_all "cd ~/$REMOTE_DIR && TFDS_DATA_DIR=$data_dir nohup python3 -m $MODULE \
       --workdir $workdir $args > $LOG 2>&1 &"
     echo "started on all workers; follow with: $0 logs" ;;
   logs)
@@ -52,7 +55,7 @@ case "$cmd" in
   ssh)
     on_all "${1:?usage: ssh COMMAND}" ;;
   stop)
-    on_all "pkill -TERM -f 'mcj.train' || true" ;;
+    on_all "pkill -TERM -f '$MODULE' || true" ;;
   delete)
     "${gc[@]}" delete "$NAME" --zone "$ZONE" --quiet ;;
   *)

@@ -22,7 +22,7 @@ LAYERS = [
     {'mcj.compress'},
     {'mcj.train'},
     {'mcj.search'},   # spaces, strategies, evaluators: composes the trainer
-    {'mcj.summary', 'mcj.sweep', 'mcj.bench'},  # the command-line apps
+    {'mcj.summary', 'mcj.sweep', 'mcj.bench', 'mcj.latency_server'},  # the command-line apps
 ]
 
 

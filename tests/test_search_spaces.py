@@ -120,3 +120,43 @@ def test_points_outside_the_space_are_one_line():
     spaces.get_space('mobilenet_v3(variant="cifar")')
   with pytest.raises(ConfigError, match='Bad options for search space'):
     spaces.get_space('mobilenet_v3(depths=(1,))')
+
+
+def test_binary_space_points_count_their_binary_parts_by_hand():
+  space = spaces.get_space('binary(variant="digits")')
+  point = {'stages': [[0.25, 1, 3, 1], [0.25, 1, 3, 2], [0.25, 1, 3, 4], [0.25, 1, 5, 1]],
+           'downsample': 'float', 'stem': 'float', 'head': '8bit'}
+  space.validate(point)
+  block = dict(space.overrides(point)['model'])
+  assert block['stages'] == [[16, 1, 3, 1], [32, 1, 3, 2], [64, 1, 3, 4], [128, 1, 5, 1]]
+  assert block.pop('name') == 'binary_net'
+  model = get_model('binary_net', num_classes=10, **block)
+  s = summary.summarize(model, (8, 8, 1))
+  # Binary kernels: kxk (Cin -> Cin, groups) and 1x1 (Cin -> Cout) of each block.
+  # stage widths in/out: 16->16, 16->32, 32->64, 64->128; spatial 8, 4, 2, 1.
+  kxk = [(3, 16, 16, 1, 8), (3, 16, 16, 2, 4), (3, 32, 32, 4, 2), (5, 64, 64, 1, 1)]
+  pw = [(16, 16, 8), (16, 32, 4), (32, 64, 2), (64, 128, 1)]
+  binary_params = (sum(k * k * c * o // g for k, c, o, g, _ in kxk)
+                   + sum(c * o for c, o, _ in pw))
+  assert s['binary_params'] == binary_params
+  bops = (sum(k * k * (c // g) * o * hw * hw for k, c, o, g, hw in kxk)
+          + sum(c * o * hw * hw for c, o, hw in pw))
+  # The 8-bit classifier: 128 x 10 MACs at 8 x 8 bits.
+  assert s['bops'] == bops + 128 * 10 * 64
+  assert s['macs_by_precision'][8] == 128 * 10
+  # Float: the stem (3x3x1x16 at 8x8) and the real 1x1 downsampling projections.
+  assert s['flops'] == 9 * 16 * 64 + 16 * 32 * 16 + 32 * 64 * 4 + 64 * 128 * 1
+
+
+def test_binary_space_keeps_groups_that_divide_and_round_trips():
+  space = spaces.get_space('binary(variant="digits", width_choices=(0.25, 0.375))')
+  rng = np.random.default_rng(3)
+  for _ in range(40):
+    point = space.mutate(space.sample(rng), rng, 0.5)
+    space.validate(point)
+    for (w, _, _, g) in space.overrides(point)['model']['stages']:
+      assert w % g == 0
+  assert space.size() > 10 ** 6
+  with pytest.raises(ConfigError, match='groups in'):
+    space.validate({'stages': [[0.25, 1, 3, 3]] * 4, 'downsample': 'float', 'stem': 'float',
+                    'head': 'float'})

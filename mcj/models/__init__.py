@@ -9,8 +9,8 @@ import dataclasses
 
 from mcj.core import registry
 from mcj.core.config import ConfigError
-from mcj.models.bnn import (binary_densenet, binary_resnet, bnext, meliusnet, quicknet,  # noqa: F401
-                            reactnet)
+from mcj.models.bnn import (binary_densenet, binary_net, binary_resnet, bnext, meliusnet,  # noqa: F401
+                            quicknet, reactnet)
 from mcj.models.cnn import mobilenet, nb201, resnet  # noqa: F401
 
 

@@ -7,6 +7,7 @@ from mcj.core import checkpoint
 from mcj.core import config as config_lib
 from mcj.core import parallel
 from mcj.core.config import ConfigError
+from mcj.search import remote
 from mcj.search import runner
 
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
   except ConfigError as e:
     print(f'mcj.search: error: {e}', file=sys.stderr)
     return 2
-  except (FloatingPointError, checkpoint.CheckpointError) as e:
+  except (FloatingPointError, checkpoint.CheckpointError, remote.RemoteError) as e:
     print(f'mcj.search: error: {e}', file=sys.stderr)
     return 1
   except OSError as e:

@@ -23,9 +23,12 @@ initial variables) with the next.
   then ``runs`` timed ones, each to ``block_until_ready``; the median (``latency_ms``) and
   interquartile range at batch 1 and the throughput at ``throughput_batch``, with the
   device kind.
+- ``latency_table``: the latency predicted by a per-block lookup table built as the search
+  goes (``latency.py``); next to ``latency``, the report gives its error.
 """
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -41,7 +44,9 @@ from mcj.analysis import summary as summary_lib
 from mcj.core import registry
 from mcj.core.config import ConfigError
 from mcj.models import get_model
+from mcj.search import latency as latency_lib
 from mcj.search import proxies as proxies_lib
+from mcj.search import remote as remote_lib
 from mcj.train import schema
 from mcj.train import trainer
 
@@ -73,9 +78,9 @@ class Context:
   _dataset: Any = None
 
   def dataset(self):
-    """The train config's dataset, read once per search."""
+    """The train config's dataset (its stream seeded by ``train.seed``), read once."""
     if self._dataset is None:
-      self._dataset = data_lib.get_dataset(self.config.train.data, seed=self.config.seed)
+      self._dataset = data_lib.get_dataset(self.config.train.data, seed=self.config.train.seed)
     return self._dataset
 
   def info(self) -> data_lib.DatasetInfo:
@@ -113,12 +118,13 @@ class Candidate:
     return self._model
 
   def variables(self):
-    """Initial variables (seeded by the search seed), built once per candidate."""
+    """Initial variables (seeded by ``train.seed``, as training initialises them: the
+    search seed picks architectures, not initialisations), built once per candidate."""
     if self._variables is None:
       model, shape = self.model(), self.image_shape()
       init = jax.jit(lambda rng: model.init({'params': rng, 'dropout': rng},
                                             jnp.zeros((1,) + shape), train=False))
-      self._variables = init(jax.random.key(self.context.config.seed))
+      self._variables = init(jax.random.key(self.context.config.train.seed))
     return self._variables
 
 
@@ -151,7 +157,7 @@ class Complexity(Evaluator):
 @registry.register('search_evaluator', 'proxies')
 class Proxies(Evaluator):
   """Zero-cost proxies (``names``, default all) on the first ``batch_size`` training
-  examples of the search seed's stream."""
+  examples of the ``train.seed`` stream, at the ``train.seed`` initialisation."""
   name = 'proxies'
 
   def __init__(self, context, names=proxies_lib.PROXIES, batch_size: int = 64):
@@ -234,19 +240,6 @@ def epoch_losses(metrics_path: str, per_epoch: float) -> list[float]:
   return [float(np.mean(by_epoch[e])) for e in sorted(by_epoch)]
 
 
-def time_call(fn, args, *, warmup: int, runs: int) -> np.ndarray:
-  """Seconds of each of ``runs`` timed calls of ``fn(*args)`` after ``warmup`` untimed ones,
-  each waited for (``block_until_ready``)."""
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return np.asarray(times)
-
-
 def measure_forward(model, variables, image_shape, *, batch_size=1, warmup=3, runs=20,
                     device=None) -> dict:
   """Latency of the compiled inference forward at ``batch_size`` on ``device``."""
@@ -254,7 +247,7 @@ def measure_forward(model, variables, image_shape, *, batch_size=1, warmup=3, ru
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   x = jax.device_put(jnp.zeros((batch_size,) + tuple(image_shape), jnp.float32), device)
   v = jax.device_put(variables, device)
-  times = time_call(forward, (v, x), warmup=warmup, runs=runs) * 1e3
+  times = latency_lib.time_call(forward, (v, x), warmup=warmup, runs=runs) * 1e3
   q1, median, q3 = np.percentile(times, [25, 50, 75])
   return {'median_ms': float(median), 'iqr_ms': float(q3 - q1), 'runs_ms': times.tolist(),
           'device': device.device_kind}
@@ -262,31 +255,66 @@ def measure_forward(model, variables, image_shape, *, batch_size=1, warmup=3, ru
 
 @registry.register('search_evaluator', 'latency')
 class Latency(Evaluator):
-  """Measured latency of the candidate on this process's first device (see the module
+  """Measured latency of the candidate on this process's first device, or on the device of
+  a latency server (``remote='HOST:PORT'``, ``mcj/search/remote.py``) (see the module
   docstring); ``throughput_batch=0`` skips the throughput measurement."""
   name = 'latency'
 
-  def __init__(self, context, warmup: int = 3, runs: int = 20, throughput_batch: int = 64):
+  def __init__(self, context, warmup: int = 3, runs: int = 20, throughput_batch: int = 64,
+               remote=None, retries: int = 3):
     super().__init__(context)
     if warmup < 0 or runs < 1 or throughput_batch < 0:
       raise ConfigError('latency needs warmup >= 0, runs >= 1 and throughput_batch >= 0, got '
                         f'{warmup}, {runs}, {throughput_batch}.')
     self.warmup, self.runs, self.throughput_batch = warmup, runs, throughput_batch
+    self.remote = remote_lib.RemoteLatency(remote, retries=retries) if remote else None
+
+  def _measure(self, candidate, batch_size, runs):
+    model, variables, shape = candidate.model(), candidate.variables(), candidate.image_shape()
+    if self.remote:
+      return self.remote.measure(model, variables, shape, batch_size=batch_size,
+                                 warmup=self.warmup, runs=runs)
+    return measure_forward(model, variables, shape, batch_size=batch_size, warmup=self.warmup,
+                           runs=runs)
 
   def provides(self):
     return ['latency_ms', 'latency_iqr_ms', 'throughput_img_s', 'latency_device']
 
   def __call__(self, candidate):
-    model, variables, shape = candidate.model(), candidate.variables(), candidate.image_shape()
-    one = measure_forward(model, variables, shape, batch_size=1, warmup=self.warmup,
-                          runs=self.runs)
+    one = self._measure(candidate, 1, self.runs)
     out = {'latency_ms': one['median_ms'], 'latency_iqr_ms': one['iqr_ms'],
            'latency_device': one['device']}
     if self.throughput_batch:
-      many = measure_forward(model, variables, shape, batch_size=self.throughput_batch,
-                             warmup=self.warmup, runs=max(3, self.runs // 4))
+      many = self._measure(candidate, self.throughput_batch, max(3, self.runs // 4))
       out['throughput_img_s'] = self.throughput_batch / (many['median_ms'] / 1e3)
     return out
+
+
+@registry.register('search_evaluator', 'latency_table')
+class LatencyTablePredictor(Evaluator):
+  """Latency predicted from the per-block lookup table (``latency.py``): each distinct
+  block of a candidate is measured once on this device (``warmup`` / ``runs`` as
+  ``latency``) and stored in ``<workdir>/latency_table.json``; the prediction is the sum.
+  With ``latency`` in the same search, the report gives the table's error."""
+  name = 'latency_table'
+
+  def __init__(self, context, warmup: int = 3, runs: int = 20):
+    super().__init__(context)
+    self.warmup, self.runs = warmup, runs
+    self.table = latency_lib.LatencyTable(os.path.join(context.workdir, 'latency_table.json'))
+
+  def provides(self):
+    return ['latency_pred_ms', 'latency_table_new_blocks']
+
+  def __call__(self, candidate):
+    measure = functools.partial(latency_lib.measure_block, warmup=self.warmup, runs=self.runs,
+                                time_call=latency_lib.time_call)
+    overhead = functools.partial(latency_lib.measure_call_overhead, warmup=self.warmup,
+                                 runs=self.runs, time_call=latency_lib.time_call)
+    predicted, new = self.table.predict(candidate.model(), candidate.image_shape(),
+                                        device_kind=jax.devices()[0].device_kind,
+                                        measure=measure, measure_overhead=overhead)
+    return {'latency_pred_ms': predicted, 'latency_table_new_blocks': new}
 
 
 def get_evaluator(spec, context) -> Evaluator:

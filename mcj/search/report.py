@@ -9,8 +9,10 @@
   with the Pareto front; ``proxy_<name>.png``: each proxy (and TSE) against the first
   objective with Spearman's rho;
 - ``results.json`` (written last: the search is finished): counts, best, Pareto indices,
-  hypervolume, and ``correlations``: Spearman's rho of every proxy / convergence metric
-  with the first objective over the candidates that have both.
+  hypervolume, ``correlations``: Spearman's rho of every proxy / convergence metric
+  with the first objective over the candidates that have both, and ``latency_table``: the
+  lookup table's error against measured latency (MAPE, share within +-10%) where both
+  were evaluated.
 """
 import importlib.util
 import json
@@ -21,6 +23,7 @@ import pprint
 import numpy as np
 
 from mcj.core import workdir as workdir_lib
+from mcj.search import latency as latency_lib
 from mcj.search import parse_limit
 from mcj.search import strategies
 
@@ -168,6 +171,10 @@ def write(search, history, *, is_main: bool = True) -> dict:
       'correlations': correlations(history, first),
       'search_seconds': sum(r['seconds'] for r in history),
   }
+  pairs = [(r['metrics']['latency_pred_ms'], r['metrics']['latency_ms']) for r in history
+           if 'latency_pred_ms' in r['metrics'] and 'latency_ms' in r['metrics']]
+  if pairs:
+    results['latency_table'] = latency_lib.prediction_error(*zip(*pairs))
   if not is_main:
     return results
   workdir = search.workdir

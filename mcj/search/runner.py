@@ -178,6 +178,7 @@ class Search:
         metrics[f'seconds/{evaluator.name}'] = time.time() - began
       except FloatingPointError as e:  # a candidate that diverges is a result, not a crash
         failed = f'{evaluator.name}: {e}'
+      # A remote_lib.RemoteError propagates: nothing is recorded, a rerun evaluates again.
     metrics = _agree(metrics)
     excess = math.inf if failed else violation(metrics, self.constraints)
     return {'index': index, 'key': self.space.key(encoding), 'encoding': encoding,

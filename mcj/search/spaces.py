@@ -270,6 +270,123 @@ MOBILENET_V3_LARGE = {
     'width': 1.0, 'resolution': 224}
 
 
+# ------------------------------------------------------------------------- binary networks
+BINARY_BASE_WIDTHS = (64, 128, 256, 512)
+# Per variant: stem channels and stride (the 3 later stages downsample by 2 each).
+BINARY_VARIANTS = {'imagenet': dict(stem=32, stem_stride=2), 'mnist': dict(stem=16, stem_stride=1),
+                   'digits': dict(stem=16, stem_stride=1)}
+
+
+@registry.register('search_space', 'binary')
+class BinarySpace(SearchSpace):
+  """Binary networks of ReActNet / Bi-Real-style blocks (model ``binary_net``): per stage
+  (4 stages of base widths 64-128-256-512) a width multiplier, depth, kernel and groups of
+  the binary kxk conv; for the whole network the downsampling shortcut's precision (float,
+  8-bit, binary) and whether the stem and the classifier stay float or go 8-bit. Encoding::
+
+    {'stages': [[width_mult, depth, kernel, groups]] x 4, 'downsample': 'float',
+     'stem': 'float', 'head': 'float'}
+
+  Score it with ``complexity``'s BOPs, OPs and model sizes (binary weights at 1 bit).
+  ``groups`` choices are kept only where they divide the stage width.
+  """
+  name = 'binary'
+
+  def __init__(self, variant: str = 'imagenet', width_choices=(0.25, 0.5, 0.75, 1.0),
+               depth_choices=(1, 2, 3), kernel_choices=(3, 5), group_choices=(1, 2, 4),
+               downsample_choices=('float', '8bit', 'binary'), stem_choices=('float', '8bit'),
+               head_choices=('float', '8bit')):
+    if variant not in BINARY_VARIANTS:
+      raise ConfigError(f'Unknown binary variant {variant!r}. Valid: '
+                        f'{", ".join(BINARY_VARIANTS)}.')
+    self.variant = variant
+    self.widths, self.depths = tuple(width_choices), tuple(depth_choices)
+    self.kernels, self.groups = tuple(kernel_choices), tuple(group_choices)
+    self.downsamples, self.stems, self.heads = (tuple(downsample_choices), tuple(stem_choices),
+                                                tuple(head_choices))
+    for name, values in (('width_choices', self.widths), ('depth_choices', self.depths),
+                         ('kernel_choices', self.kernels), ('group_choices', self.groups),
+                         ('downsample_choices', self.downsamples),
+                         ('stem_choices', self.stems), ('head_choices', self.heads)):
+      if not values:
+        raise ConfigError(f'binary {name} is empty: give at least one value.')
+
+  def _width(self, stage, mult):
+    return max(8, int(round(BINARY_BASE_WIDTHS[stage] * mult / 8)) * 8)
+
+  def _stage(self, rng, stage):
+    mult = _pick(rng, self.widths)
+    groups = [g for g in self.groups if self._width(stage, mult) % g == 0] or [1]
+    return [mult, _pick(rng, self.depths), _pick(rng, self.kernels), _pick(rng, groups)]
+
+  def sample(self, rng):
+    return {'stages': [self._stage(rng, i) for i in range(4)],
+            'downsample': _pick(rng, self.downsamples), 'stem': _pick(rng, self.stems),
+            'head': _pick(rng, self.heads)}
+
+  def mutate(self, encoding, rng, prob):
+    out = json.loads(json.dumps(encoding))
+    for i, stage in enumerate(out['stages']):
+      fresh = self._stage(rng, i)
+      for j in range(4):
+        if rng.random() < prob:
+          stage[j] = fresh[j]
+      if self._width(i, stage[0]) % stage[3]:
+        stage[3] = 1
+    for key, choices in (('downsample', self.downsamples), ('stem', self.stems),
+                         ('head', self.heads)):
+      if rng.random() < prob:
+        out[key] = _pick(rng, choices)
+    return out
+
+  def crossover(self, a, b, rng):
+    stages = [list(x if rng.random() < 0.5 else y) for x, y in zip(a['stages'], b['stages'])]
+    out = {'stages': stages}
+    for key in ('downsample', 'stem', 'head'):
+      out[key] = a[key] if rng.random() < 0.5 else b[key]
+    return out
+
+  def validate(self, encoding):
+    ok = isinstance(encoding, dict) and isinstance(encoding.get('stages'), list) and len(
+        encoding['stages']) == 4
+    self._check(ok, encoding, 'needs 4 stages')
+    for i, stage in enumerate(encoding['stages']):
+      self._check(len(stage) == 4 and stage[0] in self.widths and stage[1] in self.depths
+                  and stage[2] in self.kernels and stage[3] in self.groups
+                  and self._width(i, stage[0]) % stage[3] == 0, encoding,
+                  f'stage {i} {stage} needs [width in {self.widths}, depth in {self.depths}, '
+                  f'kernel in {self.kernels}, groups in {self.groups} dividing the width]')
+    for key, choices in (('downsample', self.downsamples), ('stem', self.stems),
+                         ('head', self.heads)):
+      self._check(encoding.get(key) in choices, encoding, f'{key} not in {choices}')
+    self._check(set(encoding) == {'stages', 'downsample', 'stem', 'head'}, encoding,
+                'unexpected keys')
+
+  def size(self):
+    per_stage = [sum(1 for g in self.groups if self._width(i, w) % g == 0) * len(self.depths)
+                 * len(self.kernels) for i in range(4) for w in self.widths]
+    total = 1
+    for i in range(4):
+      total *= sum(per_stage[i * len(self.widths):(i + 1) * len(self.widths)])
+    return total * len(self.downsamples) * len(self.stems) * len(self.heads)
+
+  def overrides(self, encoding):
+    self.validate(encoding)
+    spec = BINARY_VARIANTS[self.variant]
+    return {'model': {
+        'name': 'binary_net',
+        'stages': [[self._width(i, w), d, k, g] for i, (w, d, k, g) in
+                   enumerate(encoding['stages'])],
+        'stem_channels': spec['stem'], 'stem_stride': spec['stem_stride'],
+        'stem_precision': encoding['stem'], 'downsample': encoding['downsample'],
+        'head_precision': encoding['head']}}
+
+  def describe(self, encoding):
+    stages = ' '.join(f'{self._width(i, w)}x{d}k{k}g{g}'
+                      for i, (w, d, k, g) in enumerate(encoding['stages']))
+    return f'{stages} ds:{encoding["downsample"]} stem:{encoding["stem"]} head:{encoding["head"]}'
+
+
 # ------------------------------------------------------------------------- NAS-Bench-201
 NB201_OPS = ('none', 'skip_connect', 'nor_conv_1x1', 'nor_conv_3x3', 'avg_pool_3x3')
 # Edge order of the cell (NAS-Bench-201's arch string): 0->1, 0->2, 1->2, 0->3, 1->3, 2->3.

@@ -1,0 +1,49 @@
+"""Regularized evolution and NSGA-II against random search at one evaluation budget, under
+a latency limit measured on this machine's CPU.
+
+Commands (README's strategy table: 3 strategies x 3 search seeds):
+  for s in random evolution nsga2; do for seed in 0 1 2; do
+    python -m mcj.search --config configs/search/strategies.py:strategy=$s,seed=$seed \\
+        --workdir /tmp/mcj/strategies/${s}_$seed; done; done
+Data: `digits` (1,437 train / 360 held-out), 4 epochs a candidate (Adam 2e-3, cosine).
+Space: Once-for-All's MobileNetV3 space, 'digits' variant.
+Objectives: eval/accuracy (max) and batch-1 latency_ms (min, the compiled forward timed on
+the first device: median of 20 runs after 3 warm-up calls); constraint latency_ms <=
+`limit` (default 6 ms; candidates over it skip training). Budget: `candidates` (30).
+Report: results.json's best accuracy within the limit and the Pareto front's hypervolume
+(reference: accuracy 0, the latency limit).
+Strategies: random; evolution (population 10, sample 3, Real et al. 2019); nsga2
+(population 10, Deb et al. 2002). Latency is measured: run one search at a time on an
+otherwise idle machine.
+Variants: `:runlocal` (3 candidates, a few steps: a smoke test).
+"""
+from mcj.core.config import ConfigError, parse_arg
+
+STRATEGIES = {'random': 'random', 'evolution': 'evolution(population=10, sample=3)',
+              'nsga2': 'nsga2(population=10)'}
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, strategy='evolution', seed=0, candidates=30, limit=6.0, runlocal=False)
+  if arg.strategy not in STRATEGIES:
+    raise ConfigError(f'strategy must be one of {", ".join(STRATEGIES)}, got {arg.strategy!r}.')
+  config = {
+      'seed': arg.seed,
+      'space': 'mobilenet_v3(variant="digits")',
+      'strategy': STRATEGIES[arg.strategy],
+      'evaluators': ('complexity', 'latency(runs=20, throughput_batch=0)', 'train'),
+      'objectives': ('eval/accuracy:max', 'latency_ms:min'),
+      'constraints': {'latency_ms': arg.limit},
+      'budget': {'evaluations': arg.candidates},
+      'train': {'seed': 0, 'batch_size': 64, 'total_epochs': 4.0, 'data': {'name': 'digits'},
+                'optimizer': {'name': 'adam', 'lr': 2e-3, 'weight_decay': 0.0},
+                'schedule': {'name': 'cosine'}, 'checkpoint_every_steps': 200},
+  }
+  if arg.runlocal:
+    config.update(space='mobilenet_v3(variant="digits", width_choices=(0.25,), depth_choices=(2,))',
+                  budget={'evaluations': 3}, constraints={'latency_ms': 1000.0},
+                  evaluators=('complexity', 'latency(runs=3, throughput_batch=0)', 'train'))
+    config['train'].update(total_epochs=None, total_steps=3, batch_size=16)
+    if arg.strategy != 'random':
+      config['strategy'] = arg.strategy + '(population=2' + (', sample=2)' if arg.strategy == 'evolution' else ')')
+  return config
