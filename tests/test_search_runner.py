@@ -156,3 +156,63 @@ def test_a_search_that_trains_and_its_best_config_trains_too(tmp_path):
   from mcj.train.schema import merge_config
   trained = trainer.train_and_evaluate(merge_config(best), str(tmp_path / 'best_run'))
   assert trained['params'] == results['best']['metrics']['params']
+
+
+def _cli_config(tmp_path, evaluations=3, steps=30):
+  path = tmp_path / 'search.py'
+  path.write_text(
+      'def get_config(arg=None):\n'
+      '  return {"space": "nb201(channels=4, cells_per_stage=1)",\n'
+      '          "strategy": "evolution(population=2, sample=2)",\n'
+      '          "evaluators": ("complexity", "train"),\n'
+      '          "objectives": ("eval/accuracy:max", "params:min"),\n'
+      f'          "budget": {{"evaluations": {evaluations}}},\n'
+      f'          "train": {{"data": {{"name": "digits"}}, "total_steps": {steps},\n'
+      '                    "batch_size": 16, "checkpoint_every_steps": 5}}\n')
+  return str(path)
+
+
+@pytest.mark.slow
+def test_a_search_killed_during_a_training_resumes_it_from_its_checkpoint(tmp_path):
+  import signal
+  import time
+  config, workdir = _cli_config(tmp_path), tmp_path / 'w'
+  command = [sys.executable, '-m', 'mcj.search', '--config', config, '--workdir', str(workdir)]
+  proc = subprocess.Popen(command, env=cpu_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  second = workdir / 'candidates' / '1' / 'checkpoints'
+  deadline = time.time() + 600
+  while time.time() < deadline and proc.poll() is None:
+    if second.exists() and any(p.name.isdigit() for p in second.iterdir()):
+      break
+    time.sleep(0.2)
+  assert proc.poll() is None, proc.stderr.read()
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert len(_records(workdir)) == 1  # candidate 0 done, candidate 1 cut mid-training
+  done = subprocess.run(command, env=cpu_env(), cwd=ROOT, capture_output=True, text=True,
+                        timeout=900)
+  assert done.returncode == 0, done.stderr
+  records = _records(workdir)
+  assert [r['index'] for r in records] == [0, 1, 2]
+  log0 = (workdir / 'candidates' / '0' / 'train.log').read_text()
+  log1 = (workdir / 'candidates' / '1' / 'train.log').read_text()
+  assert 'resumed from step' not in log0 and log0.count('mcj: model') == 1  # not redone
+  assert 'resumed from step' in log1  # continued from its checkpoint
+  assert (workdir / 'results.json').exists() and (workdir / 'best' / 'config.py').exists()
+
+
+@pytest.mark.slow
+def test_a_search_runs_on_two_processes_like_training(tmp_path):
+  config, workdir = _cli_config(tmp_path, evaluations=2, steps=4), tmp_path / 'w'
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'launch', 'local.py'), '--num_processes', '2',
+       '--devices_per_process', '2', '--module', 'mcj.search', '--', '--config', config,
+       '--workdir', str(workdir)], env=cpu_env(), cwd=ROOT, capture_output=True, text=True,
+      timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  records = _records(workdir)
+  assert [r['index'] for r in records] == [0, 1]  # one writer: process 0
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['evaluated'] == 2
+  assert '2 host(s), 4 cpu device(s)' in (workdir / 'candidates' / '0' / 'train.log').read_text()
