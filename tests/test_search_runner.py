@@ -216,3 +216,18 @@ def test_a_search_runs_on_two_processes_like_training(tmp_path):
   results = json.loads((workdir / 'results.json').read_text())
   assert results['evaluated'] == 2
   assert '2 host(s), 4 cpu device(s)' in (workdir / 'candidates' / '0' / 'train.log').read_text()
+
+
+def test_report_ranks_proxies_over_several_workdirs(tmp_path, capsys):
+  from mcj.search import __main__ as cli
+  for k, workdir in enumerate(('a', 'b')):
+    (tmp_path / workdir).mkdir()
+    lines = [json.dumps({'metrics': {'eval/accuracy': 0.1 * i + k, 'proxy/up': i + 10 * k,
+                                     'proxy/down': -i - 10 * k}}) for i in range(4)]
+    (tmp_path / workdir / 'candidates.jsonl').write_text('\n'.join(lines) + '\n')
+  assert cli.main(['--report', str(tmp_path / 'a'), str(tmp_path / 'b')]) == 0
+  out = json.loads(capsys.readouterr().out)
+  assert out['candidates'] == 8
+  assert out['correlations']['proxy/up'] == {'rho': pytest.approx(1.0), 'n': 8}
+  assert out['correlations']['proxy/down']['rho'] == pytest.approx(-1.0)
+  assert cli.main(['--report', str(tmp_path / 'missing')]) == 2

@@ -38,14 +38,22 @@ def main(argv=None) -> int:
       description='Search architectures from a config; rerun to resume.',
       epilog='Override config fields with --config.key=value (trainer keys as '
       '--config.train.key=value).')
-  parser.add_argument('--config', required=True, help='path.py[:arg] defining get_config(arg)')
-  parser.add_argument('--workdir', required=True, help='candidates, report and best/ go here')
+  parser.add_argument('--config', help='path.py[:arg] defining get_config(arg)')
+  parser.add_argument('--workdir', help='candidates, report and best/ go here')
+  parser.add_argument('--report', nargs='+', metavar='WORKDIR',
+                      help="print Spearman's rho of every proxy with --metric over the "
+                      'candidates of these search workdirs (e.g. several seeds), as JSON')
+  parser.add_argument('--metric', default='eval/accuracy', help='what --report ranks against')
   parser.add_argument('--allow_config_change', action='store_true',
                       help='resume a workdir whose search had another config')
   parser.add_argument('--coordinator_address', default=None, help='HOST:PORT of process 0')
   parser.add_argument('--num_processes', type=int, default=None)
   parser.add_argument('--process_id', type=int, default=None)
   args, overrides = parser.parse_known_args(argv)
+  if args.report:
+    return _report(args.report, args.metric)
+  if not args.config or not args.workdir:
+    parser.error('--config and --workdir are required (or --report WORKDIR ...).')
   try:
     config = search_lib.merge_config(config_lib.load_config(args.config))
     apply_overrides(config, overrides)
@@ -62,6 +70,22 @@ def main(argv=None) -> int:
     print(f'mcj.search: error: {e.strerror or e}{where}.', file=sys.stderr)
     return 1
   return 0 if results is not None else 1
+
+
+def _report(workdirs, metric) -> int:
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  from mcj.search import report  # pylint: disable=g-import-not-at-top
+  history = []
+  for workdir in workdirs:
+    path = os.path.join(workdir, runner.CANDIDATES)
+    if not os.path.exists(path):
+      print(f'mcj.search: error: {path} does not exist: name search workdirs.', file=sys.stderr)
+      return 2
+    history += runner.read_history(path)
+  print(json.dumps({'candidates': len(history), 'metric': metric,
+                    'correlations': report.correlations(history, metric)}, indent=2))
+  return 0
 
 
 if __name__ == '__main__':
