@@ -215,3 +215,30 @@ def test_inference_params_are_plus_minus_alpha_and_give_the_same_outputs():
   np.testing.assert_array_equal(view['float_kernel']['kernel'], params['float_kernel']['kernel'])
   np.testing.assert_allclose(net.apply({'params': view}, x), net.apply(variables, x),
                              rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape, k, stride, pad', [((2, 9, 9, 6), 3, 1, 1),
+                                                   ((2, 9, 9, 6), 5, 2, 2),
+                                                   ((1, 8, 8, 4), 7, 2, 3)])
+def test_depthwise_conv_equals_the_grouped_convolution(shape, k, stride, pad):
+  """The CPU shifted-sum depthwise conv gives the native grouped conv's outputs and
+  gradients, and op-level counting still sees the grouped conv's MACs."""
+  from mcj.analysis import counting
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, shape[-1])), jnp.float32)
+  padding = ((pad, pad), (pad, pad))
+
+  def native(x, w):
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        feature_group_count=shape[-1])
+
+  ours = lambda x, w: layers.depthwise_conv(x, w, stride, padding)
+  np.testing.assert_allclose(ours(x, w), native(x, w), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w) ** 2)
+  for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(native), (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  ops = counting.count_ops(jax.make_jaxpr(ours)(x, w))
+  out = native(x, w)
+  assert sum(op.macs for op in ops) == out.size * k * k

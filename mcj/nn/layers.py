@@ -27,6 +27,58 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
 KERNEL_SCALES = ('none', 'xnor', 'learned')
 
+def depthwise_conv(x, kernel, strides, padding):
+  """A depthwise convolution (one filter per channel, multiplier 1): NHWC input, HWIO
+  kernel of shape (kh, kw, 1, C), ``padding`` as ((top, bottom), (left, right)).
+
+  On CPU it is computed as the sum of kh x kw shifted copies of the input, each scaled per
+  channel: XLA's CPU grouped convolution is about 20x slower, forward and backward, which
+  makes MobileNets crawl on a laptop. Elsewhere it is the native grouped convolution. Both
+  are in the traced program (``lax.platform_dependent``), so op-level counting
+  (``mcj.analysis.counting``, which takes a conditional's costlier branch) still sees the
+  convolution's MACs.
+  """
+  strides = _pairs(strides)
+
+  def native(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        feature_group_count=x.shape[-1])
+
+  def shifted(x, kernel):
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    kh, kw = kernel.shape[:2]
+    ho = (xp.shape[1] - kh) // strides[0] + 1
+    wo = (xp.shape[2] - kw) // strides[1] + 1
+    out = jnp.zeros(x.shape[:1] + (ho, wo) + x.shape[3:], x.dtype)
+    for i in range(kh):
+      for j in range(kw):
+        window = xp[:, i:i + strides[0] * (ho - 1) + 1:strides[0],
+                    j:j + strides[1] * (wo - 1) + 1:strides[1], :]
+        out = out + window * kernel[i, j, 0]
+    return out
+
+  return jax.lax.platform_dependent(x, kernel, cpu=shifted, default=native)
+
+
+class DepthwiseConv(nn.Module):
+  """A bias-free depthwise convolution with ``nn.Conv``'s param layout (``kernel`` of shape
+  (kh, kw, 1, C)), computed by ``depthwise_conv``."""
+  kernel_size: int
+  strides: int = 1
+  padding: int = 0
+  kernel_init: Callable = conv_init
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    k, c = self.kernel_size, x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (k, k, 1, c), jnp.float32)
+    p = self.padding
+    return depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.strides,
+                          ((p, p), (p, p)))
+
+
 def _pairs(value, n=2):
   return tuple(value) if isinstance(value, Sequence) else (value,) * n
 

@@ -15,6 +15,7 @@ from mcj.core import registry
 from mcj.core import tree as tree_lib
 from mcj.core.config import ConfigError
 from mcj.nn import blocks
+from mcj.nn import layers
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_init = nn.initializers.normal(0.01)
@@ -41,10 +42,14 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     p = (self.kernel - 1) // 2
-    x = nn.Conv(self.features, (self.kernel, self.kernel),
-                (self.stride, self.stride), padding=((p, p), (p, p)),
-                feature_group_count=self.groups, use_bias=False,
-                kernel_init=conv_init, dtype=self.dtype, name='conv')(x)
+    if self.groups > 1 and self.groups == x.shape[-1] == self.features:  # depthwise
+      x = layers.DepthwiseConv(self.kernel, self.stride, p, kernel_init=conv_init,
+                               dtype=self.dtype, name='conv')(x)
+    else:
+      x = nn.Conv(self.features, (self.kernel, self.kernel),
+                  (self.stride, self.stride), padding=((p, p), (p, p)),
+                  feature_group_count=self.groups, use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype, name='conv')(x)
     x = blocks.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
                           momentum=self.bn_momentum, epsilon=self.bn_epsilon, name='bn')(x)
     return x if self.act is None else self.act(x)
