@@ -217,9 +217,10 @@ def test_inference_params_are_plus_minus_alpha_and_give_the_same_outputs():
                              rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize('shape, k, stride, pad', [((2, 9, 9, 6), 3, 1, 1),
-                                                   ((2, 9, 9, 6), 5, 2, 2),
-                                                   ((1, 8, 8, 4), 7, 2, 3)])
+@pytest.mark.parametrize('shape, k, stride, pad', [
+    ((2, 9, 9, 6), 3, 1, 1),
+    pytest.param((2, 9, 9, 6), 5, 2, 2, marks=pytest.mark.slow),
+    pytest.param((1, 8, 8, 4), 7, 2, 3, marks=pytest.mark.slow)])
 def test_depthwise_conv_equals_the_grouped_convolution(shape, k, stride, pad):
   """The CPU shifted-sum depthwise conv gives the native grouped conv's outputs and
   gradients, and op-level counting still sees the grouped conv's MACs."""

@@ -58,6 +58,7 @@ def test_prediction_error_is_nn_meter_s_figures():
   assert err['within_10pct'] == pytest.approx(0.75)  # 0, 0.1 and 0.1 are within
 
 
+@pytest.mark.slow
 def test_measured_latency_of_a_real_block_and_network():
   model = _nb201()
   blocks = latency.blocks_of(model, (8, 8, 3))

@@ -171,6 +171,7 @@ def test_naswot_counts_only_relus():
   assert [tuple(f.shape) for f in found] == [(4, 6)]
 
 
+@pytest.mark.slow
 def test_every_proxy_runs_on_a_batch_norm_network():
   from mcj.models import get_model
   model = get_model('nb201', 10, ops=['nor_conv_3x3', 'skip_connect', 'nor_conv_1x1',

@@ -88,6 +88,7 @@ def test_measure_over_loopback_then_a_killed_server_then_it_returns(tmp_path):
   assert len(records) == 2 and all(r['metrics']['latency_ms'] > 0 for r in records)
 
 
+@pytest.mark.slow
 def test_a_server_answering_garbage_is_retried_then_one_clear_error():
   calls = []
 

@@ -33,7 +33,7 @@ def test_mobilenet_v3_large_is_a_point_with_torchvision_counts():
     # Once-for-All's own code (ofa_mbv3 set_max_net + get_active_subnet; MACs of its convs
     # and linears, SE included): see tests/fixtures/README.md.
     (1.0, 7_664_760, 566_170_656),
-    (1.2, 10_701_632, 843_101_040),
+    pytest.param(1.2, 10_701_632, 843_101_040, marks=pytest.mark.slow),
 ])
 def test_ofa_largest_subnet_counts(width, params, macs):
   space = spaces.get_space(f'mobilenet_v3(head="ofa", width_choices=({width},))')
@@ -99,6 +99,7 @@ def test_encodings_round_trip_and_operators_stay_in_the_space(spec):
   assert space.mutate(points[0], rng, 0.0) != points[0] or spec != 'nb201'
 
 
+@pytest.mark.slow
 def test_small_input_variants_fit_their_inputs():
   for variant, shape in (('mnist', (28, 28, 1)), ('digits', (8, 8, 1))):
     space = spaces.get_space(f'mobilenet_v3(variant="{variant}")')
