@@ -60,3 +60,24 @@ def mixup(rng, images, alpha: float):
   lam = jax.random.beta(lam_rng, alpha, alpha)
   partner = jax.random.permutation(perm_rng, images.shape[0])
   return lam * images + (1 - lam) * images[partner], partner, lam
+
+
+class InMemoryDataset:
+  """A dataset held as arrays (``x_train``, ``y_train``, ``x_test``, ``y_test``): the
+  deterministic host-sharded train stream and the padded eval pass every in-memory dataset
+  shares. Subclasses set the arrays and ``info`` in ``__init__`` and call ``_keep``."""
+
+  def _keep(self, seed, process_index, process_count):
+    self.seed, self.process_index, self.process_count = seed, process_index, process_count
+
+  def train_batches(self, start_step: int, global_batch_size: int):
+    rows = host_slice(global_batch_size, self.process_index, self.process_count)
+    step = start_step
+    while True:
+      idx = stream_indices(len(self.y_train), self.seed, step, global_batch_size)[rows]
+      yield {'image': self.x_train[idx], 'label': self.y_train[idx]}
+      step += 1
+
+  def eval_batches(self, global_batch_size: int):
+    return padded_eval_batches(self.x_test, self.y_test, global_batch_size,
+                               self.process_index, self.process_count)

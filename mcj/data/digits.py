@@ -26,7 +26,7 @@ def _load_splits():
 
 
 @registry.register('dataset', 'digits')
-class DigitsDataset:
+class DigitsDataset(data_lib.InMemoryDataset):
   """8x8x1 grey images, 10 classes, 1,437 train / 360 test."""
 
   @staticmethod
@@ -38,16 +38,4 @@ class DigitsDataset:
     self.x_train, self.y_train, self.x_test, self.y_test = _load_splits()
     self.info = self.dataset_info(data_config)
     assert len(self.y_train) == self.info.num_train_examples
-    self.seed, self.process_index, self.process_count = seed, process_index, process_count
-
-  def train_batches(self, start_step: int, global_batch_size: int):
-    rows = data_lib.host_slice(global_batch_size, self.process_index, self.process_count)
-    step = start_step
-    while True:
-      idx = data_lib.stream_indices(len(self.y_train), self.seed, step, global_batch_size)[rows]
-      yield {'image': self.x_train[idx], 'label': self.y_train[idx]}
-      step += 1
-
-  def eval_batches(self, global_batch_size: int):
-    return data_lib.padded_eval_batches(self.x_test, self.y_test, global_batch_size,
-                                        self.process_index, self.process_count)
+    self._keep(seed, process_index, process_count)
