@@ -111,7 +111,7 @@ def test_violation_and_objectives():
     ({'budget': {'evaluations': 0}}, 'The search has no budget'),
     ({'budget': {'evals': 3}}, 'Unknown config key config.budget.evals'),
     ({'strategy': 'nsga3'}, "Unknown search strategy 'nsga3'"),
-    ({'evaluators': ('complexity', 'latency(repeats=3)')}, 'Bad options for search evaluator'),
+    ({'evaluators': ('complexity', 'latency(repeats=3)')}, 'Bad option for search evaluator'),
     ({'objectives': 'score:max'}, 'lists of strings'),
     ({'objectives': ('score:up',)}, 'must read metric:max or metric:min'),
     ({'train': {'batch_sise': 8}}, 'Unknown config key config.train.batch_sise'),

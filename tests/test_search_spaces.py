@@ -119,7 +119,7 @@ def test_points_outside_the_space_are_one_line():
     spaces.get_space('mobilenetv3')
   with pytest.raises(ConfigError, match='Unknown mobilenet_v3 variant'):
     spaces.get_space('mobilenet_v3(variant="cifar")')
-  with pytest.raises(ConfigError, match='Bad options for search space'):
+  with pytest.raises(ConfigError, match='Bad option for search space'):
     spaces.get_space('mobilenet_v3(depths=(1,))')
 
 

@@ -93,5 +93,5 @@ def test_bad_strategy_options_are_one_line():
     st.get_strategy('evolution(population=3, sample=5)', space)
   with pytest.raises(ConfigError, match='Unknown search strategy'):
     st.get_strategy('regularized', space)
-  with pytest.raises(ConfigError, match='Bad options for search strategy'):
+  with pytest.raises(ConfigError, match='Bad option for search strategy'):
     st.get_strategy('random(size=3)', space)

@@ -318,9 +318,4 @@ class LatencyTablePredictor(Evaluator):
 
 
 def get_evaluator(spec, context) -> Evaluator:
-  name, options = registry.parse_spec(spec, 'search_evaluator')
-  cls = registry.get('search_evaluator', name)
-  try:
-    return cls(context, **options)
-  except TypeError as e:
-    raise ConfigError(f'Bad options for search evaluator {name!r}: {e}.') from None
+  return registry.build('search_evaluator', spec, context=context)

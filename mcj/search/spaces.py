@@ -464,12 +464,7 @@ class NB201Space(SearchSpace):
 
 def get_space(spec) -> SearchSpace:
   """The space of a spec (``'mobilenet_v3(variant="mnist")'``); bad options are one line."""
-  name, options = registry.parse_spec(spec, 'search_space')
-  cls = registry.get('search_space', name)
-  try:
-    return cls(**options)
-  except TypeError as e:
-    raise ConfigError(f'Bad options for search space {name!r}: {e}.') from None
+  return registry.build('search_space', spec)
 
 
 def log10_size(space: SearchSpace) -> float:

@@ -241,9 +241,4 @@ class NSGA2(Strategy):
 
 
 def get_strategy(spec, space) -> Strategy:
-  name, options = registry.parse_spec(spec, 'search_strategy')
-  cls = registry.get('search_strategy', name)
-  try:
-    return cls(space, **options)
-  except TypeError as e:
-    raise ConfigError(f'Bad options for search strategy {name!r}: {e}.') from None
+  return registry.build('search_strategy', spec, space=space)
