@@ -21,7 +21,7 @@ LAYERS = [
     {'mcj.analysis'},
     {'mcj.compress'},
     {'mcj.train'},
-    {'mcj.search'},   # spaces, strategies, evaluators: composes the trainer
+    {'mcj.search', 'mcj.weights'},  # search composes the trainer; weights: peers' files in
     {'mcj.summary', 'mcj.sweep', 'mcj.bench', 'mcj.latency_server'},  # the command-line apps
 ]
 

@@ -1,0 +1,111 @@
+"""Other libraries' tensors -> mcj variables, and a converted model -> an mcj run workdir.
+
+A *layout* lists, for one architecture, which peer layer fills which mcj layer:
+``[(peer prefix, mcj module path, kind), ...]`` with kind
+
+- ``conv``: torch ``weight`` (O, I/groups, kh, kw) -> flax ``kernel`` (kh, kw, I/groups, O)
+  (+ ``bias`` when the mcj layer has one);
+- ``linear``: torch ``weight`` (out, in) -> ``kernel`` (in, out), ``bias``;
+- ``bn``: ``weight``, ``bias`` -> params ``scale``, ``bias``; ``running_mean``,
+  ``running_var`` -> batch_stats ``mean``, ``var`` (``num_batches_tracked`` is dropped).
+
+Names and transposes only: the architectures themselves match the peer's (padding,
+epsilon, activations), which the tests check by equal logits. ``fill`` checks the whole
+file against the layout first and reports every missing, unexpected and wrongly shaped
+tensor in one line.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from mcj.core import checkpoint as checkpoint_lib
+from mcj.core.config import ConfigError
+from mcj.core import workdir as workdir_lib
+
+_IGNORED_SUFFIXES = ('num_batches_tracked',)
+
+
+def _torch_entries(prefix: str, path: str, kind: str, params: dict, stats: dict):
+  """[(peer name, collection, mcj path, transform)] for one layer of a layout."""
+  join = lambda *a: '.'.join(x for x in a if x)
+  conv = lambda w: np.transpose(w, (2, 3, 1, 0))
+  if kind == 'conv':
+    out = [(join(prefix, 'weight'), 'params', f'{path}/kernel', conv)]
+    if f'{path}/bias' in params:
+      out.append((join(prefix, 'bias'), 'params', f'{path}/bias', None))
+    return out
+  if kind == 'linear':
+    out = [(join(prefix, 'weight'), 'params', f'{path}/kernel', np.transpose)]
+    if f'{path}/bias' in params:
+      out.append((join(prefix, 'bias'), 'params', f'{path}/bias', None))
+    return out
+  if kind == 'bn':
+    return [(join(prefix, 'weight'), 'params', f'{path}/scale', None),
+            (join(prefix, 'bias'), 'params', f'{path}/bias', None),
+            (join(prefix, 'running_mean'), 'batch_stats', f'{path}/mean', None),
+            (join(prefix, 'running_var'), 'batch_stats', f'{path}/var', None)]
+  raise ValueError(f'unknown layout kind {kind!r}')
+
+
+def _inverse_shape(transform, shape):
+  """The peer's shape of an mcj entry of ``shape`` (what the file must hold)."""
+  if transform is None:
+    return tuple(shape)
+  if transform is np.transpose:
+    return tuple(reversed(shape))
+  kh, kw, i, o = shape
+  return (o, i, kh, kw)
+
+
+def fill(tensors: dict, layout, target: dict, source: str) -> dict:
+  """``target`` (abstract or real ``{'params', 'batch_stats'}``) filled from ``tensors``
+  by ``layout``; a file that does not fit is one ConfigError listing what differs."""
+  params = traverse_util.flatten_dict(dict(target['params']), sep='/')
+  stats = traverse_util.flatten_dict(dict(target.get('batch_stats', {})), sep='/')
+  flat = {'params': params, 'batch_stats': stats}
+  entries = [e for prefix, path, kind in layout
+             for e in _torch_entries(prefix, path, kind, params, stats)]
+  covered = {(c, p) for _, c, p, _ in entries}
+  uncovered = sorted(f'{c}/{p}' for c in flat for p in flat[c] if (c, p) not in covered)
+  if uncovered:  # a layout bug, not a user error
+    raise AssertionError(f'the layout leaves mcj entries unfilled: {uncovered[:8]}')
+  wanted = {name: _inverse_shape(t, flat[c][p].shape) for name, c, p, t in entries}
+  given = {n: tuple(v.shape) for n, v in tensors.items()
+           if not n.endswith(_IGNORED_SUFFIXES)}
+  mismatch = checkpoint_lib.describe_mismatch(wanted, given)
+  if mismatch:
+    raise ConfigError(f'{source} does not fit the model: {mismatch}.')
+  out = {'params': {}, 'batch_stats': {}}
+  for name, collection, path, transform in entries:
+    value = np.asarray(tensors[name], np.float32)
+    out[collection][path] = np.ascontiguousarray(transform(value) if transform else value)
+  return {c: traverse_util.unflatten_dict(v, sep='/') for c, v in out.items()}
+
+
+def abstract_variables(model, image_shape) -> dict:
+  """The model's variable shapes (no compute): what a layout and ``fill`` check against."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+def write_workdir(workdir: str, config: dict, variables: dict, say=print) -> None:
+  """An mcj run workdir holding only ``variables`` at step 0 and ``config`` (config.json):
+  what ``init_from``, ``distill.teachers`` and ``mcj.summary --workdir`` read. A workdir
+  that already holds a run or a checkpoint is refused (nothing is replaced)."""
+  if os.path.exists(os.path.join(workdir, 'config.json')) or \
+      os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise ConfigError(f'{workdir} already holds a run (config.json or checkpoints/); give a '
+                      'new --workdir.')
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.WorkdirLock(workdir):
+    checkpointer = checkpoint_lib.Checkpointer(workdir, keep=1)
+    checkpointer.save(0, {'step': np.asarray(0, np.int32), **variables})
+    checkpointer.close()
+    # config.json last: a workdir with one holds a complete checkpoint.
+    workdir_lib.write_atomically(os.path.join(workdir, 'config.json'),
+                                 json.dumps(config, indent=2, sort_keys=True))
+  say(f'mcj: wrote {workdir} (config.json + checkpoints/0).')
