@@ -50,10 +50,8 @@ def convert_file(source_name: str, path: str, workdir: str, *, data: str = 'imag
                       f'{num_classes}; give the dataset the model was trained for.')
   block = dict(config.model)
   model = get_model(block.pop('name'), num_classes=num_classes, **block)
-  target = convert.abstract_variables(model, shape)
-  from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  paths = list(traverse_util.flatten_dict(dict(target['params']), sep='/'))
-  variables = convert.fill(tensors, source.layout(paths), target, path)
+  variables = convert.fill(tensors, source.layout, convert.abstract_variables(model, shape),
+                           path)
   plain = config.to_dict()
   convert.write_workdir(workdir, plain, variables, say=say)
   return plain

@@ -29,7 +29,7 @@ from mcj.core import workdir as workdir_lib
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 
-def _torch_entries(prefix: str, path: str, kind: str, params: dict, stats: dict):
+def _torch_entries(prefix: str, path: str, kind: str, params: dict):
   """[(peer name, collection, mcj path, transform)] for one layer of a layout."""
   join = lambda *a: '.'.join(x for x in a if x)
   conv = lambda w: np.transpose(w, (2, 3, 1, 0))
@@ -63,12 +63,13 @@ def _inverse_shape(transform, shape):
 
 def fill(tensors: dict, layout, target: dict, source: str) -> dict:
   """``target`` (abstract or real ``{'params', 'batch_stats'}``) filled from ``tensors``
-  by ``layout``; a file that does not fit is one ConfigError listing what differs."""
+  by ``layout`` (a function of the target's param paths); a file that does not fit is one
+  ConfigError listing what differs."""
   params = traverse_util.flatten_dict(dict(target['params']), sep='/')
   stats = traverse_util.flatten_dict(dict(target.get('batch_stats', {})), sep='/')
   flat = {'params': params, 'batch_stats': stats}
-  entries = [e for prefix, path, kind in layout
-             for e in _torch_entries(prefix, path, kind, params, stats)]
+  entries = [e for prefix, path, kind in layout(list(params))
+             for e in _torch_entries(prefix, path, kind, params)]
   covered = {(c, p) for _, c, p, _ in entries}
   uncovered = sorted(f'{c}/{p}' for c in flat for p in flat[c] if (c, p) not in covered)
   if uncovered:  # a layout bug, not a user error

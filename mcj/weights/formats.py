@@ -115,8 +115,6 @@ class _StateDictUnpickler(pickle.Unpickler):
       return _StorageType(_TORCH_STORAGES[name])
     if module == 'torch' and name in _TORCH_DTYPES:
       return _TORCH_DTYPES[name]
-    if module == 'torch' and name == 'UntypedStorage':
-      return _StorageType(np.uint8)
     if module == 'torch' and name == 'Size':
       return tuple
     raise ConfigError(f'{self.path} holds a pickled {module}.{name}, which a state dict of '
@@ -195,8 +193,7 @@ def unwrap(tensors: dict) -> dict:
   return tensors
 
 
-READERS = {'.pth': read_torch, '.pt': read_torch, '.bin': read_torch, '.ckpt': read_torch,
-           '.safetensors': read_safetensors}
+ENDINGS = ('.pth', '.pt', '.bin', '.ckpt', '.safetensors')
 
 
 def read_checkpoint(path: str) -> dict:
@@ -211,4 +208,4 @@ def read_checkpoint(path: str) -> dict:
   if len(head) == 9 and head[8:9] == b'{':
     return unwrap(read_safetensors(path))
   raise ConfigError(f'{path} is neither a PyTorch zip checkpoint nor a safetensors file '
-                    f'(valid endings: {", ".join(READERS)}).')
+                    f'(usual endings: {", ".join(ENDINGS)}).')
