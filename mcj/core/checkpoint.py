@@ -44,6 +44,7 @@ class Checkpointer:
     self.say = say
     self._in_flight = None  # the step being written in the background
     _mute_late_write_callbacks()
+    _barriers_through_the_coordinator()
     self.manager = ocp.CheckpointManager(
         self.directory, item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -218,6 +219,20 @@ def _root_cause(e) -> str:
 _MUTED = False
 
 
+def _barriers_through_the_coordinator():
+  """Several hosts: orbax's barriers wait on jax.distributed's coordinator, not on a
+  device collective. By default a barrier is a ``psum`` (``sync_global_devices``), and orbax
+  runs some from its background threads (asynchronous directory creation, finalisation);
+  there they can take a different place among the training step's collectives on each
+  host, and the hosts deadlock (seen as a Gloo all-reduce timeout on CPU)."""
+  if jax.process_count() == 1:
+    return
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag = flags.FLAGS['experimental_orbax_use_distributed_barrier']
+  if not flag.present:
+    flag.parse('true')
+
+
 def _mute_late_write_callbacks():
   """After a failed async save, tensorstore's remaining writes call back into orbax's
   closed event loop and print a traceback each ('Event loop is closed', and asyncio's
@@ -243,6 +258,16 @@ def _mute_late_write_callbacks():
     def filter(self, record):
       return 'exception was never retrieved' not in str(record.msg)
   logging.getLogger('asyncio').addFilter(NeverRetrieved())
+
+  class BackgroundFailure(logging.Filter):
+    """Orbax's writer threads log their failure (a traceback per thread) before the
+    future re-raises it in the main thread, at any time during training: not only
+    inside ``_guard``'s quiet window."""
+
+    def filter(self, record):
+      return not (record.levelno >= logging.ERROR and 'orbax' in record.pathname
+                  and threading.current_thread() is not threading.main_thread())
+  logging.getLogger('absl').addFilter(BackgroundFailure())
   sys.excepthook = wrap(sys.excepthook, lambda t, v, tb: v)
   sys.unraisablehook = wrap(sys.unraisablehook, lambda u: u.exc_value)
   threading.excepthook = wrap(threading.excepthook, lambda a: a.exc_value)
