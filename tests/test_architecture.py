@@ -22,7 +22,7 @@ LAYERS = [
     {'mcj.compress'},
     {'mcj.train'},
     {'mcj.search', 'mcj.weights'},  # search composes the trainer; weights: peers' files in
-    {'mcj.summary', 'mcj.sweep', 'mcj.bench', 'mcj.latency_server'},  # the command-line apps
+    {'mcj.summary', 'mcj.sweep', 'mcj.bench', 'mcj.latency_server', 'mcj.evaluate'},  # the apps
 ]
 
 

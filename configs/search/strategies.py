@@ -13,29 +13,31 @@ the first device: median of 20 runs after 3 warm-up calls); constraint latency_m
 Report: results.json's best accuracy within the limit and the Pareto front's hypervolume
 (reference: accuracy 0, the latency limit).
 Strategies: random; evolution (population 10, sample 3, Real et al. 2019); nsga2
-(population 10, Deb et al. 2002). Latency is measured: run one search at a time on an
+(population 10, Deb et al. 2002); `population` and `epochs` (a candidate's training)
+set a smaller run. Latency is measured: run one search at a time on an
 otherwise idle machine.
 Variants: `:runlocal` (3 candidates, a few steps: a smoke test).
 """
 from mcj.core.config import ConfigError, parse_arg
 
-STRATEGIES = {'random': 'random', 'evolution': 'evolution(population=10, sample=3)',
-              'nsga2': 'nsga2(population=10)'}
+STRATEGIES = {'random': 'random', 'evolution': 'evolution(population={population}, sample=3)',
+              'nsga2': 'nsga2(population={population})'}
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, strategy='evolution', seed=0, candidates=30, limit=6.0, runlocal=False)
+  arg = parse_arg(arg, strategy='evolution', seed=0, candidates=30, limit=6.0, population=10,
+                  epochs=4.0, runlocal=False)
   if arg.strategy not in STRATEGIES:
     raise ConfigError(f'strategy must be one of {", ".join(STRATEGIES)}, got {arg.strategy!r}.')
   config = {
       'seed': arg.seed,
       'space': 'mobilenet_v3(variant="digits")',
-      'strategy': STRATEGIES[arg.strategy],
+      'strategy': STRATEGIES[arg.strategy].format(population=arg.population),
       'evaluators': ('complexity', 'latency(runs=20, throughput_batch=0)', 'train'),
       'objectives': ('eval/accuracy:max', 'latency_ms:min'),
       'constraints': {'latency_ms': arg.limit},
       'budget': {'evaluations': arg.candidates},
-      'train': {'seed': 0, 'batch_size': 64, 'total_epochs': 4.0, 'data': {'name': 'digits'},
+      'train': {'seed': 0, 'batch_size': 64, 'total_epochs': arg.epochs, 'data': {'name': 'digits'},
                 'optimizer': {'name': 'adam', 'lr': 2e-3, 'weight_decay': 0.0},
                 'schedule': {'name': 'cosine'}, 'checkpoint_every_steps': 200},
   }

@@ -1,14 +1,15 @@
 """Pretrained weights of other libraries in: a peer's checkpoint file -> an mcj run workdir.
 
 Sources are registered as ``weights_source`` under ``'<library>:<architecture>'``; each
-names the mcj model it fills, the layout that maps the peer's layer names onto it
-(``torchvision.py``) and the peer's classifier layer (whose shape gives the number of
-classes). ``python -m mcj.weights`` converts; ``convert.py`` fills and writes.
+names the mcj model it fills (with the options that make it the peer's architecture), the
+layout that maps the peer's layer names onto it (``torchvision.py``, ``timm.py``) and the
+peer's classifier layer (whose shape gives the number of classes). ``python -m mcj.weights`` converts; ``convert.py`` fills and writes.
 """
 import dataclasses
 from typing import Callable
 
 from mcj.core import registry
+from mcj.weights import timm
 from mcj.weights import torchvision
 
 
@@ -18,6 +19,7 @@ class Source:
   layout: Callable           # mcj param paths -> [(peer prefix, mcj module, kind)]
   classifier: str            # the peer's last linear layer (its weight: (classes, features))
   reference: str = ''        # where the peer's weights and their published top-1 are
+  options: tuple = ()        # model options the peer's architecture needs: ((key, value),)
 
 
 _TV = 'torchvision.models ({}, IMAGENET1K_V1 weights: top-1 {})'
@@ -37,4 +39,17 @@ SOURCES = {
         'mobilenet_v3_small', torchvision.mobilenet_v3, 'classifier.3',
         _TV.format('mobilenet_v3_small', '67.668')),
 }
+_TIMM = 'timm {} (model.safetensors from the Hugging Face hub; top-1 in timm\'s results table)'
+_TIMM_BN = (('bn_epsilon', 1e-5),)  # timm's MobileNetV3: torch's default epsilon
+SOURCES.update({
+    'timm:resnet18': Source('resnet18', torchvision.resnet, 'fc', _TIMM.format('resnet18')),
+    'timm:resnet34': Source('resnet34', torchvision.resnet, 'fc', _TIMM.format('resnet34')),
+    'timm:resnet50': Source('resnet50', torchvision.resnet, 'fc', _TIMM.format('resnet50')),
+    'timm:mobilenetv2_100': Source('mobilenet_v2', timm.mobilenet_v2, 'classifier',
+                                   _TIMM.format('mobilenetv2_100')),
+    'timm:mobilenetv3_large_100': Source('mobilenet_v3_large', timm.mobilenet_v3, 'classifier',
+                                         _TIMM.format('mobilenetv3_large_100'), _TIMM_BN),
+    'timm:mobilenetv3_small_100': Source('mobilenet_v3_small', timm.mobilenet_v3, 'classifier',
+                                         _TIMM.format('mobilenetv3_small_100'), _TIMM_BN),
+})
 registry.add_all('weights_source', SOURCES)

@@ -41,8 +41,8 @@ def convert_file(source_name: str, path: str, workdir: str, *, data: str = 'imag
   source = registry.get('weights_source', source_name)
   tensors = formats.read_checkpoint(path)
   data_block = {'name': data, 'image_size': image_size}
-  config = schema.merge_config({'model': {'name': source.model, **(options or {})},
-                                'data': data_block})
+  config = schema.merge_config({'model': {'name': source.model, **dict(source.options),
+                                          **(options or {})}, 'data': data_block})
   num_classes, shape = data_lib.model_input(config.data)
   weight = tensors.get(f'{source.classifier}.weight')
   if weight is not None and weight.shape[0] != num_classes:

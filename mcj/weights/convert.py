@@ -7,7 +7,12 @@ A *layout* lists, for one architecture, which peer layer fills which mcj layer:
   (+ ``bias`` when the mcj layer has one);
 - ``linear``: torch ``weight`` (out, in) -> ``kernel`` (in, out), ``bias``;
 - ``bn``: ``weight``, ``bias`` -> params ``scale``, ``bias``; ``running_mean``,
-  ``running_var`` -> batch_stats ``mean``, ``var`` (``num_batches_tracked`` is dropped).
+  ``running_var`` -> batch_stats ``mean``, ``var`` (``num_batches_tracked`` is dropped);
+- ``conv_as_linear``: a 1x1 conv weight (out, in, 1, 1) applied to a pooled 1x1 map ->
+  a Dense ``kernel`` (in, out) (timm's MobileNetV3 ``conv_head``).
+
+A layout function takes mcj's param paths and the file's tensor names (some peers number
+their blocks by stage, which only the file tells).
 
 Names and transposes only: the architectures themselves match the peer's (padding,
 epsilon, activations), which the tests check by equal logits. ``fill`` checks the whole
@@ -29,59 +34,71 @@ from mcj.core import workdir as workdir_lib
 _IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 
-def _torch_entries(prefix: str, path: str, kind: str, params: dict):
-  """[(peer name, collection, mcj path, transform)] for one layer of a layout."""
-  join = lambda *a: '.'.join(x for x in a if x)
-  conv = lambda w: np.transpose(w, (2, 3, 1, 0))
-  if kind == 'conv':
-    out = [(join(prefix, 'weight'), 'params', f'{path}/kernel', conv)]
-    if f'{path}/bias' in params:
-      out.append((join(prefix, 'bias'), 'params', f'{path}/bias', None))
-    return out
-  if kind == 'linear':
-    out = [(join(prefix, 'weight'), 'params', f'{path}/kernel', np.transpose)]
-    if f'{path}/bias' in params:
-      out.append((join(prefix, 'bias'), 'params', f'{path}/bias', None))
-    return out
-  if kind == 'bn':
-    return [(join(prefix, 'weight'), 'params', f'{path}/scale', None),
-            (join(prefix, 'bias'), 'params', f'{path}/bias', None),
-            (join(prefix, 'running_mean'), 'batch_stats', f'{path}/mean', None),
-            (join(prefix, 'running_var'), 'batch_stats', f'{path}/var', None)]
-  raise ValueError(f'unknown layout kind {kind!r}')
+def _conv(w):
+  return np.transpose(w, (2, 3, 1, 0))
 
 
-def _inverse_shape(transform, shape):
-  """The peer's shape of an mcj entry of ``shape`` (what the file must hold)."""
-  if transform is None:
-    return tuple(shape)
-  if transform is np.transpose:
-    return tuple(reversed(shape))
+def _conv_shape(shape):
   kh, kw, i, o = shape
   return (o, i, kh, kw)
 
 
+def _pointwise(w):
+  return np.transpose(w[:, :, 0, 0])
+
+
+def _pointwise_shape(shape):
+  i, o = shape
+  return (o, i, 1, 1)
+
+
+def _reversed_shape(shape):
+  return tuple(reversed(shape))
+
+
+# kind -> (peer weight -> mcj kernel, mcj kernel shape -> the peer's weight shape)
+_WEIGHTS = {'conv': (_conv, _conv_shape), 'linear': (np.transpose, _reversed_shape),
+            'conv_as_linear': (_pointwise, _pointwise_shape)}
+
+
+def _torch_entries(prefix: str, path: str, kind: str, params: dict):
+  """[(peer name, collection, mcj path, transform, peer shape)] for one layer of a layout."""
+  join = lambda *a: '.'.join(x for x in a if x)
+  if kind in _WEIGHTS:
+    transform, peer_shape = _WEIGHTS[kind]
+    out = [(join(prefix, 'weight'), 'params', f'{path}/kernel', transform, peer_shape)]
+    if f'{path}/bias' in params:
+      out.append((join(prefix, 'bias'), 'params', f'{path}/bias', None, tuple))
+    return out
+  if kind == 'bn':
+    return [(join(prefix, 'weight'), 'params', f'{path}/scale', None, tuple),
+            (join(prefix, 'bias'), 'params', f'{path}/bias', None, tuple),
+            (join(prefix, 'running_mean'), 'batch_stats', f'{path}/mean', None, tuple),
+            (join(prefix, 'running_var'), 'batch_stats', f'{path}/var', None, tuple)]
+  raise ValueError(f'unknown layout kind {kind!r}')
+
+
 def fill(tensors: dict, layout, target: dict, source: str) -> dict:
   """``target`` (abstract or real ``{'params', 'batch_stats'}``) filled from ``tensors``
-  by ``layout`` (a function of the target's param paths); a file that does not fit is one
+  by ``layout`` (a function of the target's param paths and the file's names); a file that does not fit is one
   ConfigError listing what differs."""
   params = traverse_util.flatten_dict(dict(target['params']), sep='/')
   stats = traverse_util.flatten_dict(dict(target.get('batch_stats', {})), sep='/')
   flat = {'params': params, 'batch_stats': stats}
-  entries = [e for prefix, path, kind in layout(list(params))
+  entries = [e for prefix, path, kind in layout(list(params), list(tensors))
              for e in _torch_entries(prefix, path, kind, params)]
-  covered = {(c, p) for _, c, p, _ in entries}
+  covered = {(c, p) for _, c, p, _, _ in entries}
   uncovered = sorted(f'{c}/{p}' for c in flat for p in flat[c] if (c, p) not in covered)
   if uncovered:  # a layout bug, not a user error
     raise AssertionError(f'the layout leaves mcj entries unfilled: {uncovered[:8]}')
-  wanted = {name: _inverse_shape(t, flat[c][p].shape) for name, c, p, t in entries}
+  wanted = {name: tuple(peer_shape(flat[c][p].shape)) for name, c, p, _, peer_shape in entries}
   given = {n: tuple(v.shape) for n, v in tensors.items()
            if not n.endswith(_IGNORED_SUFFIXES)}
   mismatch = checkpoint_lib.describe_mismatch(wanted, given)
   if mismatch:
     raise ConfigError(f'{source} does not fit the model: {mismatch}.')
   out = {'params': {}, 'batch_stats': {}}
-  for name, collection, path, transform in entries:
+  for name, collection, path, transform, _ in entries:
     value = np.asarray(tensors[name], np.float32)
     out[collection][path] = np.ascontiguousarray(transform(value) if transform else value)
   return {c: traverse_util.unflatten_dict(v, sep='/') for c, v in out.items()}

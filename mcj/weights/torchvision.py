@@ -1,7 +1,7 @@
 """torchvision's (and timm's, for ResNets) layer names for mcj's ResNets and MobileNets.
 
 Each layout function takes mcj's flat param paths of the model (``'layer1_0/conv1/kernel'``,
-...) and returns ``[(torch prefix, mcj module path, kind)]`` (``convert.py``). mcj's
+...) and the file's tensor names (unused here) and returns ``[(torch prefix, mcj module path, kind)]`` (``convert.py``). mcj's
 ResNet, MobileNetV2 and MobileNetV3 are torchvision's architectures (symmetric padding,
 BN epsilon 1e-5 / 1e-3 for V3, ReLU6 / hardswish / hardsigmoid as torch defines them), so
 names and transposes are all a conversion needs; ``tests/test_weights.py`` checks equal
@@ -20,7 +20,7 @@ def _modules(paths) -> list[str]:
   return seen
 
 
-def resnet(paths) -> list:
+def resnet(paths, names=()) -> list:
   """torchvision ``resnet18/34/50`` (and timm's ResNets, which keep the names): conv1 / bn1,
   ``layer{i}.{j}.conv{k}`` / ``bn{k}``, ``downsample.0`` / ``.1``, fc."""
   out = [('conv1', 'conv1', 'conv'), ('bn1', 'bn1', 'bn'), ('fc', 'fc', 'linear')]
@@ -46,7 +46,7 @@ def _blocks(paths) -> list[int]:
   return sorted({int(m.group(1)) for p in paths for m in [re.match(r'block(\d+)/', p)] if m})
 
 
-def mobilenet_v2(paths) -> list:
+def mobilenet_v2(paths, names=()) -> list:
   """torchvision ``mobilenet_v2``: ``features.0`` the stem, ``features.{k+1}.conv`` block
   k (ConvBNReLU expand, ConvBNReLU depthwise, project conv, BN; no expand when t = 1),
   ``features.{n+1}`` the last 1x1 conv, ``classifier.1``."""
@@ -66,7 +66,7 @@ def mobilenet_v2(paths) -> list:
   return out
 
 
-def mobilenet_v3(paths) -> list:
+def mobilenet_v3(paths, names=()) -> list:
   """torchvision ``mobilenet_v3_large/small``: ``features.0`` the stem,
   ``features.{i+1}.block.{j}`` block i's expand / depthwise / SE (fc1, fc2) / project in
   order, ``features.{n+1}`` the last 1x1 conv, ``classifier.0`` and ``classifier.3``."""

@@ -220,12 +220,13 @@ class InvertedResidualV3(nn.Module):
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
   bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
 
   @nn.compact
   def __call__(self, x, train=False):
     layer = functools.partial(ConvBN, act=self.act, dtype=self.dtype,
                               bn_axis_name=self.bn_axis_name,
-                              bn_momentum=self.bn_momentum, bn_epsilon=1e-3)
+                              bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
     y = x
     if self.expanded != x.shape[-1]:
       y = layer(self.expanded, 1, name='expand')(y, train)
@@ -289,7 +290,8 @@ class MobileNetV3(nn.Module):
   it); ``stem_channels`` / ``stem_stride`` / ``head_channels`` (None: 6x the last block's)
   reshape the ends for small inputs; ``bn_momentum`` (flax's: 0.99 = torch's 0.01) is
   0.9 in the search's small-input variants, whose short trainings leave too few steps for
-  the running statistics to settle at 0.99. ``head_bias=False`` is Once-for-All's layout (its
+  the running statistics to settle at 0.99; ``bn_epsilon`` is torchvision's 1e-3 (timm's
+  MobileNetV3s use torch's default 1e-5). ``head_bias=False`` is Once-for-All's layout (its
   feature-mix 1x1 conv after pooling has no bias): with the same table it is exactly
   ``last_channel`` params smaller than torchvision's.
   """
@@ -303,6 +305,7 @@ class MobileNetV3(nn.Module):
   head_channels: int | None = None
   head_bias: bool = True
   bn_momentum: float = 0.99
+  bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None
 
@@ -310,12 +313,12 @@ class MobileNetV3(nn.Module):
   def __call__(self, x, train: bool = False):
     ch = lambda c: make_divisible(c * self.width_multiplier)
     kw = dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name)
-    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=1e-3)
+    bn = dict(bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon)
     x = ConvBN(ch(self.stem_channels), 3, self.stem_stride, act=_HS, name='stem', **kw,
                **bn)(x, train)
     for i, (k, e, c, se, act, s) in enumerate(self.settings):
       x = InvertedResidualV3(k, ch(e), ch(c), bool(se), activation(act), s, name=f'block{i}',
-                             bn_momentum=self.bn_momentum, **kw)(x, train)
+                             **bn, **kw)(x, train)
     head = ch(self.head_channels) if self.head_channels else 6 * x.shape[-1]
     x = ConvBN(head, 1, act=_HS, name='head', **kw, **bn)(x, train)
     x = jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,94 @@
+"""``python -m mcj.evaluate --workdir DIR [--config.data.name=... --config.data.eval_split=...]``:
+a run's accuracy on a dataset split, without training.
+
+DIR is a run mcj trained or one ``python -m mcj.weights`` converted: its ``config.json``
+gives the model and the data, the newest checkpoint the weights. ``--config.key=value``
+overrides (typically the data: ``--config.data.name=imagenet2012
+--config.data.eval_split=validation``, TFDS's ImageNet validation split) so that a
+conversion is checked against the peer's published top-1 before compute is spent on it.
+The evaluation runs data-parallel over every device, as the trainer's does (same eval
+step, same batches); the result is printed as one JSON line and appended to
+``DIR/evaluations.jsonl`` (earlier lines are kept).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from mcj.core import checkpoint
+from mcj.core import parallel
+from mcj.core.config import ConfigError
+from mcj.train import steps as steps_lib
+from mcj.train import trainer
+from mcj.train.schema import apply_overrides, merge_config
+
+EVALUATIONS = 'evaluations.jsonl'
+
+
+def _config(workdir: str, overrides):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ConfigError(f'{workdir} holds no run (no config.json): give the workdir of a '
+                      'training or of python -m mcj.weights.')
+  with open(path) as f:
+    plain = json.load(f)
+  if plain.get('stages'):
+    names = [s['name'] for s in plain['stages']]
+    raise ConfigError(f'{workdir} is a pipeline; evaluate one of its stages: '
+                      + ', '.join(os.path.join(workdir, n) for n in names) + '.')
+  # The run's teachers and pruning schedule are training-time parts: not needed here.
+  plain.setdefault('distill', {})['teachers'] = ()
+  plain.setdefault('prune', {}).update(algorithm=None, sparsity=0.0)
+  config = merge_config(plain)
+  apply_overrides(config, list(overrides), say=lambda *a: None)
+  return config
+
+
+def evaluate_workdir(workdir: str, overrides=(), *, record: bool = True, say=print) -> dict:
+  """``{'eval/accuracy', 'eval/loss', ...}`` of ``workdir``'s newest checkpoint on the
+  eval split of its (overridden) data config."""
+  config = _config(workdir, overrides)
+  exp = trainer.build(config, say=lambda *a: None)
+  loaded = checkpoint.load_variables(workdir)
+  target = jax.eval_shape(lambda: trainer.init_state(exp))
+  variables = {'params': checkpoint.fit_variables(target['params'], loaded['params'], workdir),
+               'batch_stats': checkpoint.fit_variables(target['batch_stats'],
+                                                       loaded['batch_stats'], workdir)}
+  # A finished run's quantizer schedules are at their end (progress 1.0): evaluate as such.
+  state = jax.device_put({'step': np.asarray(exp.total_steps, np.int32), **variables},
+                         parallel.replicated(exp.mesh))
+  _, p_eval_step = steps_lib.data_parallel_steps(exp)
+  start = time.time()
+  metrics = trainer.evaluate(exp, p_eval_step, state)
+  result = {'workdir': os.path.abspath(workdir), 'data': config.data.name,
+            'split': config.data.eval_split or 'default eval split',
+            'examples': exp.info.num_eval_examples, 'seconds': round(time.time() - start, 2),
+            **metrics}
+  if record and jax.process_index() == 0:
+    with open(os.path.join(workdir, EVALUATIONS), 'a') as f:
+      f.write(json.dumps(result, sort_keys=True) + '\n')
+  say(json.dumps(result, sort_keys=True))
+  return result
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m mcj.evaluate', allow_abbrev=False,
+                                   description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='a trained or converted run')
+  parser.add_argument('--no_record', action='store_true',
+                      help=f'do not append the result to DIR/{EVALUATIONS}')
+  args, overrides = parser.parse_known_args(argv)
+  try:
+    evaluate_workdir(args.workdir, overrides, record=not args.no_record)
+  except ConfigError as e:
+    print(f'mcj.evaluate: error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
