@@ -223,11 +223,18 @@ def test_report_ranks_proxies_over_several_workdirs(tmp_path, capsys):
   for k, workdir in enumerate(('a', 'b')):
     (tmp_path / workdir).mkdir()
     lines = [json.dumps({'metrics': {'eval/accuracy': 0.1 * i + k, 'proxy/up': i + 10 * k,
-                                     'proxy/down': -i - 10 * k}}) for i in range(4)]
+                                     'proxy/down': -i - 10 * k}, 'feasible': i < 3,
+                         'strategy': 'random search'}) for i in range(4)]
     (tmp_path / workdir / 'candidates.jsonl').write_text('\n'.join(lines) + '\n')
+  (tmp_path / 'b' / 'results.json').write_text(json.dumps({'hypervolume': 0.25}))
   assert cli.main(['--report', str(tmp_path / 'a'), str(tmp_path / 'b')]) == 0
   out = json.loads(capsys.readouterr().out)
   assert out['candidates'] == 8
+  a, b = out['searches']
+  assert a['evaluated'] == 4 and a['feasible'] == 3 and a['hypervolume'] is None
+  assert a['best_eval/accuracy'] == pytest.approx(0.2)  # the best of the feasible three
+  assert b['best_eval/accuracy'] == pytest.approx(1.2) and b['hypervolume'] == 0.25
+  assert a['strategy'] == 'random search'
   assert out['correlations']['proxy/up'] == {'rho': pytest.approx(1.0), 'n': 8}
   assert out['correlations']['proxy/down']['rho'] == pytest.approx(-1.0)
   assert cli.main(['--report', str(tmp_path / 'missing')]) == 2

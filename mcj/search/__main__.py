@@ -42,7 +42,8 @@ def main(argv=None) -> int:
   parser.add_argument('--workdir', help='candidates, report and best/ go here')
   parser.add_argument('--report', nargs='+', metavar='WORKDIR',
                       help="print Spearman's rho of every proxy with --metric over the "
-                      'candidates of these search workdirs (e.g. several seeds), as JSON')
+                      'candidates of these search workdirs (e.g. several seeds) and each '
+                      "search's best feasible --metric and hypervolume, as JSON")
   parser.add_argument('--metric', default='eval/accuracy', help='what --report ranks against')
   parser.add_argument('--allow_config_change', action='store_true',
                       help='resume a workdir whose search had another config')
@@ -76,15 +77,18 @@ def _report(workdirs, metric) -> int:
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
   from mcj.search import report  # pylint: disable=g-import-not-at-top
-  history = []
+  history, searches = [], []
   for workdir in workdirs:
     path = os.path.join(workdir, runner.CANDIDATES)
     if not os.path.exists(path):
       print(f'mcj.search: error: {path} does not exist: name search workdirs.', file=sys.stderr)
       return 2
-    history += runner.read_history(path)
+    records = runner.read_history(path)
+    history += records
+    searches.append(report.search_summary(workdir, records, metric))
   print(json.dumps({'candidates': len(history), 'metric': metric,
-                    'correlations': report.correlations(history, metric)}, indent=2))
+                    'correlations': report.correlations(history, metric),
+                    'searches': searches}, indent=2))
   return 0
 
 

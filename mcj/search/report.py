@@ -196,6 +196,22 @@ def write(search, history, *, is_main: bool = True) -> dict:
   return results
 
 
+def search_summary(workdir: str, history, metric: str) -> dict:
+  """One search at a glance (strategies compared over seeds): its strategy, evaluated and
+  feasible counts, the best feasible ``metric`` and the hypervolume of its results.json
+  (None while it runs)."""
+  feasible = [r['metrics'][metric] for r in history
+              if r.get('feasible') and isinstance(r['metrics'].get(metric), (int, float))]
+  results_path = os.path.join(workdir, 'results.json')
+  hypervolume = None
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      hypervolume = json.load(f).get('hypervolume')
+  return {'workdir': workdir, 'strategy': history[-1].get('strategy') if history else None,
+          'evaluated': len(history), 'feasible': len(feasible),
+          f'best_{metric}': max(feasible) if feasible else None, 'hypervolume': hypervolume}
+
+
 def summary_line(results: dict) -> str:
   best = results.get('best')
   text = (f'mcj.search: done, {results["evaluated"]} candidate(s), {results["feasible"]} '
