@@ -1,8 +1,8 @@
 """Pretrained weights in (mcj.weights): torch / safetensors files read without torch, and
-torchvision's and timm's models giving the same logits in mcj once converted.
+torchvision's, timm's and larq-zoo's models giving the same logits in mcj once converted.
 
-The fixtures (tests/fixtures/torchvision/ and timm/, made by make_torchvision_weights.py
-and make_timm_weights.py with the peers' own classes) are narrow versions of the published
+The fixtures (tests/fixtures/torchvision/, timm/ and larq_zoo/, made by
+make_<library>_weights.py with the peers' own classes) are narrow versions of the published
 architectures with random weights and BatchNorm statistics; MCJ_TORCHVISION_FULL=DIR and
 MCJ_TIMM_FULL=DIR (the scripts' --full output) run the same check on the full-size
 architectures.
@@ -27,7 +27,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'torchvision')
 INDEX = json.load(open(os.path.join(FIXTURES, 'index.json')))
 # library -> (fixture folder, file ending, the environment variable naming its --full output)
 LIBRARIES = {'torchvision': ('torchvision', '.pth', 'MCJ_TORCHVISION_FULL'),
-             'timm': ('timm', '.safetensors', 'MCJ_TIMM_FULL')}
+             'timm': ('timm', '.safetensors', 'MCJ_TIMM_FULL'),
+             'larq_zoo': ('larq_zoo', '.h5', 'MCJ_LARQ_FULL')}
 quiet = lambda *a: None
 
 
@@ -83,8 +84,33 @@ def test_converted_workdir_is_a_run(tmp_path, capsys):
 
 @pytest.mark.parametrize('library', sorted(LIBRARIES))
 def test_every_listed_architecture_has_a_fixture(library):
+  """Every source has a fixture, except larq-zoo's QuickNetSmall / Large: QuickNet's factory
+  with other section widths and depths (the same mcj class and layout)."""
   listed = {n.split(':')[1] for n in SOURCES if n.startswith(library + ':')}
-  assert listed == {n for n in _index(library)[1] if not n.startswith('_')}
+  fixtures = {n for n in _index(library)[1] if not n.startswith('_')}
+  assert fixtures <= listed
+  for name in listed - fixtures:
+    assert library == 'larq_zoo' and name.startswith('quicknet_'), name
+    assert SOURCES[f'{library}:{name}'].layout is SOURCES[f'{library}:quicknet'].layout
+
+
+def test_larq_zero_latent_weights_keep_larqs_meaning(tmp_path, monkeypatch):
+  """The larq-zoo fixture has exact zeros in every binary kernel: larq computes them as +1.
+  Left at 0 (mcj's pruned weight), the logits differ."""
+  from mcj.weights import convert  # pylint: disable=g-import-not-at-top
+  folder, index = _index('larq_zoo')
+  options = index['quicknet']['options']
+  monkeypatch.setattr(convert, 'zero_as_plus_one', lambda variables, mask: variables)
+  assert _max_relative_difference('larq_zoo', 'quicknet', folder, options,
+                                  str(tmp_path / 'run')) > 1e-3
+
+
+def test_keras_h5_is_read_in_layer_order():
+  tensors = formats.read_checkpoint(os.path.join(_index('larq_zoo')[0], 'quicknet.h5'))
+  names = list(tensors)
+  assert names[0] == 'quant_conv2d/kernel' and names[-1].startswith('quant_dense')
+  assert tensors['quant_depthwise_conv2d/depthwise_kernel'].shape == (3, 3, 2, 1)
+  assert 'batch_normalization_1/gamma' not in tensors  # the stem's BN without scale
 
 
 @pytest.mark.slow
@@ -170,7 +196,7 @@ def test_pickle_with_other_classes_is_refused(tmp_path):
 def test_not_a_checkpoint(tmp_path):
   path = tmp_path / 'x.pth'
   path.write_bytes(b'hello world, not a checkpoint')
-  with pytest.raises(ConfigError, match='neither a PyTorch zip checkpoint nor a safetensors'):
+  with pytest.raises(ConfigError, match='neither a PyTorch zip checkpoint, a safetensors file nor Keras'):
     formats.read_checkpoint(str(path))
   with pytest.raises(ConfigError, match='does not exist'):
     formats.read_checkpoint(str(tmp_path / 'missing.pth'))

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Callable
 
 from mcj.core import registry
+from mcj.weights import larq
 from mcj.weights import timm
 from mcj.weights import torchvision
 
@@ -17,9 +18,19 @@ from mcj.weights import torchvision
 class Source:
   model: str                 # the registered mcj model
   layout: Callable           # mcj param paths -> [(peer prefix, mcj module, kind)]
-  classifier: str            # the peer's last linear layer (its weight: (classes, features))
+  classifier: str            # the peer's last linear layer (its weight: (classes, features));
+                             # '' for Keras files: the last layer's kernel (features, classes)
   reference: str = ''        # where the peer's weights and their published top-1 are
   options: tuple = ()        # model options the peer's architecture needs: ((key, value),)
+  zero_is_plus_one: bool = False  # larq: a latent binary weight 0 computes as sign(0) = +1
+
+  def num_classes(self, tensors: dict):
+    """The class count of the file's classifier (None when the file has none)."""
+    if self.classifier:
+      weight = tensors.get(f'{self.classifier}.weight')
+      return None if weight is None else weight.shape[0]
+    kernels = [v for k, v in tensors.items() if k.endswith('/kernel') and v.ndim == 2]
+    return kernels[-1].shape[-1] if kernels else None
 
 
 _TV = 'torchvision.models ({}, IMAGENET1K_V1 weights: top-1 {})'
@@ -51,5 +62,16 @@ SOURCES.update({
                                          _TIMM.format('mobilenetv3_large_100'), _TIMM_BN),
     'timm:mobilenetv3_small_100': Source('mobilenet_v3_small', timm.mobilenet_v3, 'classifier',
                                          _TIMM.format('mobilenetv3_small_100'), _TIMM_BN),
+})
+_LARQ = 'larq-zoo {} (quicknet{}_weights.h5 of larq-zoo\'s releases; top-1 {})'
+SOURCES.update({
+    'larq_zoo:quicknet_small': Source('quicknet_small', larq.quicknet, '',
+                                      _LARQ.format('QuickNetSmall', '_small', '59.4'),
+                                      zero_is_plus_one=True),
+    'larq_zoo:quicknet': Source('quicknet', larq.quicknet, '',
+                                _LARQ.format('QuickNet', '', '63.3'), zero_is_plus_one=True),
+    'larq_zoo:quicknet_large': Source('quicknet_large', larq.quicknet, '',
+                                      _LARQ.format('QuickNetLarge', '_large', '66.9'),
+                                      zero_is_plus_one=True),
 })
 registry.add_all('weights_source', SOURCES)

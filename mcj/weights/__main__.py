@@ -17,6 +17,7 @@ from mcj import data as data_lib
 from mcj.core import registry
 from mcj.core.config import ConfigError
 from mcj.models import get_model
+from mcj.nn import inspect
 from mcj.train import schema
 from mcj.weights import SOURCES, convert, formats
 
@@ -44,14 +45,16 @@ def convert_file(source_name: str, path: str, workdir: str, *, data: str = 'imag
   config = schema.merge_config({'model': {'name': source.model, **dict(source.options),
                                           **(options or {})}, 'data': data_block})
   num_classes, shape = data_lib.model_input(config.data)
-  weight = tensors.get(f'{source.classifier}.weight')
-  if weight is not None and weight.shape[0] != num_classes:
-    raise ConfigError(f'{path} classifies {weight.shape[0]} classes but --data {data} has '
+  file_classes = source.num_classes(tensors)
+  if file_classes is not None and file_classes != num_classes:
+    raise ConfigError(f'{path} classifies {file_classes} classes but --data {data} has '
                       f'{num_classes}; give the dataset the model was trained for.')
   block = dict(config.model)
   model = get_model(block.pop('name'), num_classes=num_classes, **block)
   variables = convert.fill(tensors, source.layout, convert.abstract_variables(model, shape),
                            path)
+  if source.zero_is_plus_one:
+    variables = convert.zero_as_plus_one(variables, inspect.binary_kernel_mask(model, shape))
   plain = config.to_dict()
   convert.write_workdir(workdir, plain, variables, say=say)
   return plain

@@ -9,7 +9,12 @@ A *layout* lists, for one architecture, which peer layer fills which mcj layer:
 - ``bn``: ``weight``, ``bias`` -> params ``scale``, ``bias``; ``running_mean``,
   ``running_var`` -> batch_stats ``mean``, ``var`` (``num_batches_tracked`` is dropped);
 - ``conv_as_linear``: a 1x1 conv weight (out, in, 1, 1) applied to a pooled 1x1 map ->
-  a Dense ``kernel`` (in, out) (timm's MobileNetV3 ``conv_head``).
+  a Dense ``kernel`` (in, out) (timm's MobileNetV3 ``conv_head``);
+- Keras (larq-zoo), names ``<layer>/<weight>``: ``keras_conv`` / ``keras_dense`` (``kernel``
+  as it is, ``bias``), ``keras_depthwise`` ((kh, kw, C, 1) -> (kh, kw, 1, C)), ``keras_bn``
+  (``gamma``, ``beta`` when the layer has them, ``moving_mean``, ``moving_variance``);
+- ``constant``: a peer layer whose weights mcj computes as a constant (QuickNet's frozen
+  blur-pool kernel): its tensors are accepted and unused (the mcj path is None).
 
 A layout function takes mcj's param paths and the file's tensor names (some peers number
 their blocks by stage, which only the file tells).
@@ -56,13 +61,26 @@ def _reversed_shape(shape):
   return tuple(reversed(shape))
 
 
+def _depthwise(w):  # Keras (kh, kw, C, 1) -> flax grouped conv (kh, kw, 1, C)
+  return np.transpose(w, (0, 1, 3, 2))
+
+
+def _depthwise_shape(shape):
+  kh, kw, one, c = shape
+  return (kh, kw, c, one)
+
+
 # kind -> (peer weight -> mcj kernel, mcj kernel shape -> the peer's weight shape)
 _WEIGHTS = {'conv': (_conv, _conv_shape), 'linear': (np.transpose, _reversed_shape),
             'conv_as_linear': (_pointwise, _pointwise_shape)}
+# Keras layers (larq-zoo): kernels already (kh, kw, in, out) / (in, out), depthwise aside.
+_KERAS_WEIGHTS = {'keras_conv': (None, tuple), 'keras_dense': (None, tuple),
+                  'keras_depthwise': (_depthwise, _depthwise_shape)}
 
 
-def _torch_entries(prefix: str, path: str, kind: str, params: dict):
+def _entries(prefix: str, path: str, kind: str, flat: dict):
   """[(peer name, collection, mcj path, transform, peer shape)] for one layer of a layout."""
+  params = flat['params']
   join = lambda *a: '.'.join(x for x in a if x)
   if kind in _WEIGHTS:
     transform, peer_shape = _WEIGHTS[kind]
@@ -75,6 +93,19 @@ def _torch_entries(prefix: str, path: str, kind: str, params: dict):
             (join(prefix, 'bias'), 'params', f'{path}/bias', None, tuple),
             (join(prefix, 'running_mean'), 'batch_stats', f'{path}/mean', None, tuple),
             (join(prefix, 'running_var'), 'batch_stats', f'{path}/var', None, tuple)]
+  if kind in _KERAS_WEIGHTS:
+    transform, peer_shape = _KERAS_WEIGHTS[kind]
+    kernel = f'{path}/conv/kernel' if kind == 'keras_depthwise' else f'{path}/kernel'
+    weight = 'depthwise_kernel' if kind == 'keras_depthwise' else 'kernel'
+    out = [(f'{prefix}/{weight}', 'params', kernel, transform, peer_shape)]
+    if f'{path}/bias' in params:
+      out.append((f'{prefix}/bias', 'params', f'{path}/bias', None, tuple))
+    return out
+  if kind == 'keras_bn':  # scale / center may be off (no gamma / beta in the file then)
+    out = [(f'{prefix}/{keras}', 'params', f'{path}/{mcj}', None, tuple)
+           for keras, mcj in (('gamma', 'scale'), ('beta', 'bias')) if f'{path}/{mcj}' in params]
+    return out + [(f'{prefix}/moving_mean', 'batch_stats', f'{path}/mean', None, tuple),
+                  (f'{prefix}/moving_variance', 'batch_stats', f'{path}/var', None, tuple)]
   raise ValueError(f'unknown layout kind {kind!r}')
 
 
@@ -85,15 +116,17 @@ def fill(tensors: dict, layout, target: dict, source: str) -> dict:
   params = traverse_util.flatten_dict(dict(target['params']), sep='/')
   stats = traverse_util.flatten_dict(dict(target.get('batch_stats', {})), sep='/')
   flat = {'params': params, 'batch_stats': stats}
-  entries = [e for prefix, path, kind in layout(list(params), list(tensors))
-             for e in _torch_entries(prefix, path, kind, params)]
+  layers = layout(list(params), list(tensors))
+  constants = tuple(prefix + '/' for prefix, _, kind in layers if kind == 'constant')
+  entries = [e for prefix, path, kind in layers if kind != 'constant'
+             for e in _entries(prefix, path, kind, flat)]
   covered = {(c, p) for _, c, p, _, _ in entries}
   uncovered = sorted(f'{c}/{p}' for c in flat for p in flat[c] if (c, p) not in covered)
   if uncovered:  # a layout bug, not a user error
     raise AssertionError(f'the layout leaves mcj entries unfilled: {uncovered[:8]}')
   wanted = {name: tuple(peer_shape(flat[c][p].shape)) for name, c, p, _, peer_shape in entries}
   given = {n: tuple(v.shape) for n, v in tensors.items()
-           if not n.endswith(_IGNORED_SUFFIXES)}
+           if not n.endswith(_IGNORED_SUFFIXES) and not n.startswith(constants or '\0')}
   mismatch = checkpoint_lib.describe_mismatch(wanted, given)
   if mismatch:
     raise ConfigError(f'{source} does not fit the model: {mismatch}.')
@@ -102,6 +135,15 @@ def fill(tensors: dict, layout, target: dict, source: str) -> dict:
     value = np.asarray(tensors[name], np.float32)
     out[collection][path] = np.ascontiguousarray(transform(value) if transform else value)
   return {c: traverse_util.unflatten_dict(v, sep='/') for c, v in out.items()}
+
+
+def zero_as_plus_one(variables: dict, binary_mask) -> dict:
+  """Latent binary kernels with exact zeros set to the smallest positive float: larq
+  computes sign(0) as +1, mcj reads an exact 0 as a pruned weight (computing 0)."""
+  tiny = np.float32(np.finfo(np.float32).tiny)
+  params = jax.tree.map(lambda w, binary: np.where(w == 0, tiny, w) if binary else w,
+                        variables['params'], binary_mask)
+  return {**variables, 'params': params}
 
 
 def abstract_variables(model, image_shape) -> dict:

@@ -193,11 +193,33 @@ def unwrap(tensors: dict) -> dict:
   return tensors
 
 
-ENDINGS = ('.pth', '.pt', '.bin', '.ckpt', '.safetensors')
+def read_keras_h5(path: str) -> dict:
+  """``{'<layer>/<weight>': array}`` of a Keras HDF5 weights file (``model.save_weights``,
+  larq-zoo's downloads), in the model's layer order (the file's ``layer_names``); read
+  with h5py, no TensorFlow. ``':0'`` suffixes are dropped."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  with h5py.File(path, 'r') as f:
+    root = f['model_weights'] if 'model_weights' in f else f  # a whole saved model
+    if 'layer_names' not in root.attrs:
+      raise ConfigError(f'{path} is an HDF5 file but not Keras weights (no layer_names).')
+    out = {}
+    for layer in root.attrs['layer_names']:
+      layer = layer.decode() if isinstance(layer, bytes) else layer
+      group = root[layer]
+      for weight in group.attrs.get('weight_names', ()):
+        weight = weight.decode() if isinstance(weight, bytes) else weight
+        name = weight.split('/')[-1].split(':')[0]
+        out[f'{layer}/{name}'] = np.asarray(group[weight])
+  return out
+
+
+ENDINGS = ('.pth', '.pt', '.bin', '.ckpt', '.safetensors', '.h5')
+_HDF5 = b'\x89HDF\r\n\x1a\n'
 
 
 def read_checkpoint(path: str) -> dict:
-  """``{name: array}`` of a PyTorch or safetensors file, chosen by its content."""
+  """``{name: array}`` of a PyTorch, safetensors or Keras HDF5 file, chosen by its
+  content."""
   if not os.path.isfile(path):
     raise ConfigError(f'{path} does not exist or is not a file: give the downloaded '
                       'checkpoint file.')
@@ -207,5 +229,7 @@ def read_checkpoint(path: str) -> dict:
     head = f.read(9)
   if len(head) == 9 and head[8:9] == b'{':
     return unwrap(read_safetensors(path))
-  raise ConfigError(f'{path} is neither a PyTorch zip checkpoint nor a safetensors file '
-                    f'(usual endings: {", ".join(ENDINGS)}).')
+  if head[:8] == _HDF5:
+    return read_keras_h5(path)
+  raise ConfigError(f'{path} is neither a PyTorch zip checkpoint, a safetensors file nor '
+                    f'Keras HDF5 weights (usual endings: {", ".join(ENDINGS)}).')
