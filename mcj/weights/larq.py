@@ -10,15 +10,7 @@ weights are stored as the smallest positive float; and kernels are already Keras
 """
 import re
 
-
-def _layers(names) -> list[str]:
-  """The file's layer names (``<layer>/<weight>``), in order, once each."""
-  seen = []
-  for name in names:
-    layer = name.rsplit('/', 1)[0]
-    if layer not in seen:
-      seen.append(layer)
-  return seen
+from mcj.weights.torchvision import _modules as _layers  # first-seen order of a/b of a/b/c
 
 
 def _pair(mcj: list, peer: list) -> list:
