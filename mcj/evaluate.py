@@ -22,7 +22,6 @@ import numpy as np
 from mcj.core import checkpoint
 from mcj.core import parallel
 from mcj.core.config import ConfigError
-from mcj.train import steps as steps_lib
 from mcj.train import trainer
 from mcj.train.schema import apply_overrides, merge_config
 
@@ -61,7 +60,7 @@ def evaluate_workdir(workdir: str, overrides=(), *, record: bool = True, say=pri
   # A finished run's quantizer schedules are at their end (progress 1.0): evaluate as such.
   state = jax.device_put({'step': np.asarray(exp.total_steps, np.int32), **variables},
                          parallel.replicated(exp.mesh))
-  _, p_eval_step = steps_lib.data_parallel_steps(exp)
+  _, p_eval_step = trainer.exp_steps(exp)
   start = time.time()
   metrics = trainer.evaluate(exp, p_eval_step, state)
   result = {'workdir': os.path.abspath(workdir), 'data': config.data.name,
