@@ -63,15 +63,45 @@ SOURCES.update({
     'timm:mobilenetv3_small_100': Source('mobilenet_v3_small', timm.mobilenet_v3, 'classifier',
                                          _TIMM.format('mobilenetv3_small_100'), _TIMM_BN),
 })
-_LARQ = 'larq-zoo {} (quicknet{}_weights.h5 of larq-zoo\'s releases; top-1 {})'
+_LARQ = 'larq-zoo {} ({} of larq-zoo\'s releases; top-1 {})'
+# larq-zoo's Keras versions pad with TensorFlow's 'same' and use Keras's BatchNorm epsilon
+# where the papers' code does not (see mcj/models/bnn/binary_resnet.py).
+_KERAS_BIREAL = (('padding', 'same'), ('bn_epsilon', 1e-3), ('bn_momentum', 0.8))
+_KERAS_R2B = (('padding', 'same'), ('bn_epsilon', 1e-3), ('bn_momentum', 0.99))
+
+
+def _larq(model, layout, peer, file, top1, options=()):
+  return Source(model, layout, '', _LARQ.format(peer, file, top1), options,
+                zero_is_plus_one=True)
+
+
 SOURCES.update({
-    'larq_zoo:quicknet_small': Source('quicknet_small', larq.quicknet, '',
-                                      _LARQ.format('QuickNetSmall', '_small', '59.4'),
-                                      zero_is_plus_one=True),
-    'larq_zoo:quicknet': Source('quicknet', larq.quicknet, '',
-                                _LARQ.format('QuickNet', '', '63.3'), zero_is_plus_one=True),
-    'larq_zoo:quicknet_large': Source('quicknet_large', larq.quicknet, '',
-                                      _LARQ.format('QuickNetLarge', '_large', '66.9'),
-                                      zero_is_plus_one=True),
+    'larq_zoo:quicknet_small': _larq('quicknet_small', larq.quicknet, 'QuickNetSmall',
+                                     'quicknet_small_weights.h5', '59.4'),
+    'larq_zoo:quicknet': _larq('quicknet', larq.quicknet, 'QuickNet', 'quicknet_weights.h5',
+                               '63.3'),
+    'larq_zoo:quicknet_large': _larq('quicknet_large', larq.quicknet, 'QuickNetLarge',
+                                     'quicknet_large_weights.h5', '66.9'),
+    'larq_zoo:birealnet18': _larq('birealnet18', larq.binary_resnet, 'BiRealNet',
+                                  'birealnet_weights.h5', '57.47', _KERAS_BIREAL),
+    'larq_zoo:binary_resnet_e18': _larq('binary_resnet_e18', larq.binary_resnet,
+                                        'BinaryResNetE18', 'resnet_e_18_weights.h5', '58.32',
+                                        (('padding', 'same'),)),
+    'larq_zoo:real_to_binary': _larq('real_to_binary', larq.real_to_binary, 'RealToBinaryNet',
+                                     'r2b_weights.h5', '65.01', _KERAS_R2B),
+    'larq_zoo:binary_densenet28': _larq('binary_densenet28', larq.binary_densenet,
+                                        'BinaryDenseNet28', 'binary_densenet_28_weights.h5',
+                                        '60.91'),
+    'larq_zoo:binary_densenet37': _larq('binary_densenet37', larq.binary_densenet,
+                                        'BinaryDenseNet37', 'binary_densenet_37_weights.h5',
+                                        '62.89'),
+    'larq_zoo:binary_densenet37_dilated': _larq(
+        'binary_densenet37_dilated', larq.binary_densenet, 'BinaryDenseNet37Dilated',
+        'binary_densenet_37_dilated_weights.h5', '64.34'),
+    'larq_zoo:binary_densenet45': _larq('binary_densenet45', larq.binary_densenet,
+                                        'BinaryDenseNet45', 'binary_densenet_45_weights.h5',
+                                        '64.59'),
+    'larq_zoo:meliusnet22': _larq('meliusnet22', larq.meliusnet, 'MeliusNet22',
+                                  'meliusnet22_weights.h5', '62.4'),
 })
 registry.add_all('weights_source', SOURCES)

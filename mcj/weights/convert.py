@@ -12,7 +12,11 @@ A *layout* lists, for one architecture, which peer layer fills which mcj layer:
   a Dense ``kernel`` (in, out) (timm's MobileNetV3 ``conv_head``);
 - Keras (larq-zoo), names ``<layer>/<weight>``: ``keras_conv`` / ``keras_dense`` (``kernel``
   as it is, ``bias``), ``keras_depthwise`` ((kh, kw, C, 1) -> (kh, kw, 1, C)), ``keras_bn``
-  (``gamma``, ``beta`` when the layer has them, ``moving_mean``, ``moving_variance``);
+  (``gamma``, ``beta`` when the layer has them, ``moving_mean``, ``moving_variance``),
+  ``keras_prelu`` (``alpha`` (1, 1, C) -> the mcj param at the layout's path, (C,)),
+  ``keras_grouped_conv`` (a tuple of Keras convs, one per group, as MeliusNet's stem splits
+  its grouped convs: their kernels, concatenated on the output axis, are one grouped mcj
+  kernel);
 - ``constant``: a peer layer whose weights mcj computes as a constant (QuickNet's frozen
   blur-pool kernel): its tensors are accepted and unused (the mcj path is None).
 
@@ -101,6 +105,13 @@ def _entries(prefix: str, path: str, kind: str, flat: dict):
     if f'{path}/bias' in params:
       out.append((f'{prefix}/bias', 'params', f'{path}/bias', None, tuple))
     return out
+  if kind == 'keras_prelu':  # the mcj path names the slope param itself
+    return [(f'{prefix}/alpha', 'params', path, lambda a: a.reshape(-1),
+             lambda shape: (1, 1) + tuple(shape))]
+  if kind == 'keras_grouped_conv':  # prefix: the groups' layers, in output-channel order
+    split = lambda shape: tuple(shape[:-1]) + (shape[-1] // len(prefix),)
+    return [(tuple(f'{p}/kernel' for p in prefix), 'params', f'{path}/kernel',
+             lambda parts: np.concatenate(parts, axis=-1), split)]
   if kind == 'keras_bn':  # scale / center may be off (no gamma / beta in the file then)
     out = [(f'{prefix}/{keras}', 'params', f'{path}/{mcj}', None, tuple)
            for keras, mcj in (('gamma', 'scale'), ('beta', 'bias')) if f'{path}/{mcj}' in params]
@@ -124,7 +135,9 @@ def fill(tensors: dict, layout, target: dict, source: str) -> dict:
   uncovered = sorted(f'{c}/{p}' for c in flat for p in flat[c] if (c, p) not in covered)
   if uncovered:  # a layout bug, not a user error
     raise AssertionError(f'the layout leaves mcj entries unfilled: {uncovered[:8]}')
-  wanted = {name: tuple(peer_shape(flat[c][p].shape)) for name, c, p, _, peer_shape in entries}
+  names = lambda name: name if isinstance(name, tuple) else (name,)  # grouped: several
+  wanted = {n: tuple(peer_shape(flat[c][p].shape)) for name, c, p, _, peer_shape in entries
+            for n in names(name)}
   given = {n: tuple(v.shape) for n, v in tensors.items()
            if not n.endswith(_IGNORED_SUFFIXES) and not n.startswith(constants or '\0')}
   mismatch = checkpoint_lib.describe_mismatch(wanted, given)
@@ -132,7 +145,8 @@ def fill(tensors: dict, layout, target: dict, source: str) -> dict:
     raise ConfigError(f'{source} does not fit the model: {mismatch}.')
   out = {'params': {}, 'batch_stats': {}}
   for name, collection, path, transform, _ in entries:
-    value = np.asarray(tensors[name], np.float32)
+    value = [np.asarray(tensors[n], np.float32) for n in names(name)]
+    value = value if isinstance(name, tuple) else value[0]
     out[collection][path] = np.ascontiguousarray(transform(value) if transform else value)
   return {c: traverse_util.unflatten_dict(v, sep='/') for c, v in out.items()}
 

@@ -8,10 +8,14 @@ conv, the downsampling shortcuts and the classifier in full precision, as each p
 ``input_quantizer=None, kernel_quantizer=None`` builds the float twin of the same network
 (the real-valued stage of a multi-stage recipe).
 
-Conventions as ``resnet.py``: NHWC, BatchNorm with torch's defaults (larq-zoo uses momentum
-0.8 for Bi-Real and 0.99 for Real-to-Binary; counts do not change) and a two-pass variance,
+Conventions as ``resnet.py``: NHWC, BatchNorm with torch's defaults and a two-pass variance,
 kaiming (fan_out) conv init, torch-style symmetric padding, compute in ``dtype`` with float32
-params and logits. Bi-Real-style downsampling shortcuts average-pool 2x2; on odd sizes the
+params and logits. The papers' own code (PyTorch for Bi-Real and Real-to-Binary, MXNet's
+BMXNet for BinaryResNetE) pads symmetrically; larq-zoo's Keras versions, whose weight files
+``mcj.weights`` imports, differ in three options that change outputs but no count:
+``padding='same'`` (TensorFlow's 'same': 0 before and 1 after on the strided convs and
+max-pool of even-sized maps), ``bn_epsilon`` (Keras's default 1e-3 for Bi-Real and
+Real-to-Binary) and ``bn_momentum`` (0.8 and 0.99 there). Bi-Real-style downsampling shortcuts average-pool 2x2; on odd sizes the
 pool covers the last row/column alone, so it matches the strided conv's ceil(n/2) output
 where torch's floor mode would fail.
 """
@@ -28,6 +32,7 @@ from mcj.nn import layers
 conv_init = layers.conv_init
 dense_init = layers.dense_init
 he_normal = nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
+PADDINGS = ('symmetric', 'same')
 
 
 class _Options(nn.Module):
@@ -37,28 +42,38 @@ class _Options(nn.Module):
   input_quantizer: Any = None
   kernel_quantizer: Any = None
   kernel_scale: str = 'none'
+  padding: str = 'symmetric'  # or 'same': TensorFlow's (larq-zoo's weights)
+  bn_epsilon: float = 1e-5
+  bn_momentum: float = 0.9
 
   def shared(self) -> dict:
     """The options a network hands down to its blocks."""
     return dict(dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                 input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
-                kernel_scale=self.kernel_scale)
+                kernel_scale=self.kernel_scale, padding=self.padding,
+                bn_epsilon=self.bn_epsilon, bn_momentum=self.bn_momentum)
 
   def bn(self, train, name=None):
-    return blocks.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype, name=name)
+    return blocks.batch_norm(train, axis_name=self.bn_axis_name, dtype=self.dtype,
+                             momentum=self.bn_momentum, epsilon=self.bn_epsilon, name=name)
+
+  def _pad(self, kernel):
+    """A conv's or pool's padding: (k - 1) // 2 on every side, or TensorFlow's 'same'."""
+    if self.padding not in PADDINGS:
+      raise ValueError(f'padding must be one of {PADDINGS}, got {self.padding!r}.')
+    pad = (kernel - 1) // 2
+    return 'SAME' if self.padding == 'same' else ((pad, pad), (pad, pad))
 
   def binary_conv(self, features, kernel=3, stride=1, name=None):
     """The quantized conv (float when both quantizers are None)."""
-    pad = (kernel - 1) // 2
-    return layers.QuantConv(features, kernel, stride, padding=pad,
+    return layers.QuantConv(features, kernel, stride, padding=self._pad(kernel),
                             input_quantizer=self.input_quantizer,
                             kernel_quantizer=self.kernel_quantizer,
                             kernel_scale=self.kernel_scale, dtype=self.dtype, name=name)
 
   def float_conv(self, features, kernel, stride=1, name=None):
-    pad = (kernel - 1) // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False,
+                   padding=self._pad(kernel), use_bias=False,
                    kernel_init=conv_init, dtype=self.dtype, name=name)
 
   def pooled_shortcut(self, x, features, stride, train):
@@ -78,7 +93,7 @@ class _Options(nn.Module):
       x = nn.relu(x)
     elif activation == 'prelu':
       x = prelu(self, x, 'stem_prelu_slope')
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    return nn.max_pool(x, (3, 3), (2, 2), padding=self._pad(3))
 
   def classifier(self, x, num_classes):
     x = jnp.mean(x, axis=(1, 2))
