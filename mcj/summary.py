@@ -1,6 +1,7 @@
 """``python -m mcj.summary``: how small is a model (larq's summary for Flax).
 
   python -m mcj.summary --model birealnet18 [--num_classes N] [--image_size S] [--json]
+  python -m mcj.summary --model bert_tiny [--seq_len L] [--json]   # token models: L tokens
   python -m mcj.summary --config configs/...py[:arg] [--json]
   python -m mcj.summary --workdir DIR [--json]    # a trained run: its sparsity too
 
@@ -9,6 +10,10 @@ forward pass, ``mcj.analysis.counting``); its docstring gives the conventions. `
 prints ``summarize``'s dict: both ``model_size_bytes`` (params at their precision + BN
 running statistics) and ``folded_model_size_bytes`` (BN folded + frozen weights, larq's
 "Model size").
+
+A model that takes token ids (``input_is_tokens``: BERT) is counted on one sequence of
+``--seq_len`` tokens (default 128, BERT's usual fine-tuning length); its attention products
+Q.K^T and A.V are counted with the rest, so they grow as seq_len^2.
 """
 import argparse
 import json
@@ -25,6 +30,8 @@ from mcj.core.config import ConfigError
 from mcj.models import get_model
 from mcj.train import pipeline
 from mcj.train.schema import merge_config
+
+SEQ_LEN = 128  # tokens of a token model's sequence unless --seq_len says otherwise
 
 
 def _trained_run(workdir: str):
@@ -58,10 +65,12 @@ def main(argv=None) -> int:
   parser.add_argument('--image_size', type=int, default=None,
                       help='default 224, or the dataset of --config')
   parser.add_argument('--channels', type=int, default=None, help='default 3')
+  parser.add_argument('--seq_len', type=int, default=None,
+                      help=f'tokens per sequence of a token model (BERT); default {SEQ_LEN}')
   parser.add_argument('--json', action='store_true',
                       help='print one JSON object instead of a table')
   args = parser.parse_args(argv)
-  for flag in ('num_classes', 'image_size', 'channels'):
+  for flag in ('num_classes', 'image_size', 'channels', 'seq_len'):
     if getattr(args, flag) is not None and getattr(args, flag) < 1:
       parser.error(f'--{flag} must be at least 1, got {getattr(args, flag)}.')
 
@@ -96,14 +105,22 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  tokens = getattr(model, 'input_is_tokens', False)
+  if tokens:
+    if args.image_size is not None or args.channels is not None:
+      parser.error(f'{name} takes token ids: give --seq_len, not --image_size / --channels.')
+    if args.seq_len is not None or len(shape) != 1:
+      shape = (args.seq_len or SEQ_LEN,)
+  elif args.seq_len is not None:
+    parser.error(f'--seq_len is for token models (BERT); {name} takes images (--image_size).')
 
   summary = summarize(model, shape, params=values)
   if args.json:
     print(json.dumps({'model': name, 'input_shape': list(shape),
                       'num_classes': num_classes, **summary}))
   else:
-    print(f'{name}: input {"x".join(map(str, shape))}, '
-          f'{num_classes} classes')
+    size = f'{shape[0]} tokens' if tokens else 'x'.join(map(str, shape))
+    print(f'{name}: input {size}, {num_classes} classes')
     print(format_table(summary))
   return 0
 

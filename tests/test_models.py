@@ -44,13 +44,14 @@ def _count(tree):
 
 def test_every_model_has_a_published_count():
   """Float models are counted here; every binary family in tests/test_zoo_*.py; search-space
-  models (nb201) in tests/test_search_spaces.py."""
+  models (nb201) in tests/test_search_spaces.py; BERT and ViT in tests/test_transformers.py."""
   from mcj.models.cnn import mobilenet, resnet
   assert set(resnet.MODELS) | set(mobilenet.MODELS) == set(IMAGENET) | set(CIFAR10)
   import pathlib
   here = pathlib.Path(__file__).parent
   zoo_tests = ''.join(p.read_text() for p in [*here.glob('test_zoo_*.py'),
-                                                here / 'test_search_spaces.py'])
+                                                here / 'test_search_spaces.py',
+                                                here / 'test_transformers.py'])
   missing = [n for n in registry.names('model') if n not in IMAGENET and n not in CIFAR10
              and f"'{n}'" not in zoo_tests]
   assert not missing, f'models without a count test: {missing}'

@@ -84,7 +84,8 @@ def summarize(model: nn.Module, input_shape, params=None, **call_kwargs) -> dict
 
   Args:
     model: a Flax module called as ``model(x, train=False, **call_kwargs)``.
-    input_shape: per-example input shape, e.g. (224, 224, 3).
+    input_shape: per-example input shape, e.g. (224, 224, 3), or (seq_len,) for a model
+      of token ids (BERT: its attention products grow as seq_len^2).
     params: trained values of the ``params`` collection (optional): adds the sparsity
       keys (``sparsity``, ``nonzero_params``, ``nonzero_macs``,
       ``nonzero_model_size_bytes``; per layer ``sparsity``, ``nonzero_params``,

@@ -1,9 +1,10 @@
 """Models by registered name (``registry.get('model', name)``).
 
-``cnn/`` holds the float networks (ResNets, MobileNets), ``bnn/`` the binary zoo. Each
-model file registers a table of named variants, ``{'name': constructor}``; a constructor
-takes ``num_classes`` plus keyword options and returns a Flax linen module called as
-``model.apply(variables, images, train=bool)`` that returns float32 logits.
+``cnn/`` holds the float networks (ResNets, MobileNets), ``bnn/`` the binary zoo,
+``transformers/`` BERT and ViT. Each model file registers a table of named variants,
+``{'name': constructor}``; a constructor takes ``num_classes`` plus keyword options and
+returns a Flax linen module called as ``model.apply(variables, images, train=bool)`` that
+returns float32 logits (BERT takes token ids instead of images).
 """
 import dataclasses
 
@@ -12,6 +13,7 @@ from mcj.core.config import ConfigError
 from mcj.models.bnn import (binary_densenet, binary_net, binary_resnet, bnext, meliusnet,  # noqa: F401
                             quicknet, reactnet)
 from mcj.models.cnn import mobilenet, nb201, resnet  # noqa: F401
+from mcj.models.transformers import bert, vit  # noqa: F401
 
 
 def get_model(name: str, num_classes: int, **options):

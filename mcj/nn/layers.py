@@ -13,6 +13,10 @@ kept as its own param. ``pad_value`` pads the quantized input with a constant (l
 Latent weights are float params; what the network computes with is
 ``quantized_kernel(kernel)``, which the layer also sows (collection
 ``quantized_kernels``) for ``mcj.nn.inspect.inference_params``.
+
+``QuantEmbed`` is a lookup table quantized like a kernel (``embedding_quantizer``).
+``quant_matmul`` and ``QuantDotProductAttention`` are the products of two activations
+(attention's Q.K^T and A.V), each operand with its own quantizer.
 """
 import math
 from typing import Any, Callable, Sequence
@@ -229,3 +233,93 @@ def _explicit_padding(padding, spatial, ksize, strides):
   if isinstance(padding, int):
     return ((padding, padding), (padding, padding))
   return tuple(_pairs(p) for p in padding)
+
+
+class QuantEmbed(QuantKernel):
+  """A lookup table (``num_embeddings`` rows of ``features``) whose rows are read from the
+  quantized table ``embedding_quantizer(table)`` (None: float).
+
+  The table is the param ``kernel`` (shape (num_embeddings, features)), so the summary,
+  binary latent-weight clipping, Bop and ``inference_params`` see its precision as they see
+  any quantized layer's kernel. Called on integer ids of any shape; the output has one more
+  axis, ``features``.
+  """
+  num_embeddings: int
+  features: int
+  embedding_quantizer: Any = None
+  embedding_init: Callable = nn.initializers.normal(0.02)
+  dtype: Any = jnp.float32
+  input_quantizer = None  # the ids are never quantized
+  kernel_scale = 'none'
+
+  def kernel_q(self):
+    return quantizers.resolve(self.embedding_quantizer)
+
+  @nn.compact
+  def __call__(self, ids):
+    table = self.param('kernel', self.embedding_init, (self.num_embeddings, self.features),
+                       jnp.float32)
+    return jnp.take(self.quantized_kernel(table), ids, axis=0).astype(self.dtype)
+
+
+def quant_matmul(subscripts: str, lhs, rhs, lhs_quantizer=None, rhs_quantizer=None):
+  """``jnp.einsum(subscripts, lq(lhs), rq(rhs))``: a product of two activations with each
+  operand quantized by its own quantizer (a name, a spec such as
+  ``'ste_sign(clip_value=1.3)'``, a function, or None for float), resolved with
+  ``quantizers.resolve``. The quantized operands are traced in their ``quantized_<bits>bit``
+  scope, so the summary counts the product's MACs at both operands' precision (1-bit x
+  1-bit: BOPs). A learned quantizer (``lsq``, ``pact``) must be called inside a module's
+  ``@nn.compact`` method; it then becomes a child of that module.
+  """
+  lq, rq = quantizers.resolve(lhs_quantizer), quantizers.resolve(rhs_quantizer)
+  lhs = lhs if lq is None else lq(lhs)
+  rhs = rhs if rq is None else rq(rhs)
+  return jnp.einsum(subscripts, lhs, rhs)
+
+
+class QuantDotProductAttention(nn.Module):
+  """Scaled dot-product attention with quantized products (no params of its own, except a
+  learned quantizer's).
+
+  ``query``, ``key``, ``value``: (batch, length, heads, head_dim) (query and key/value
+  lengths may differ). Computes
+
+    scores = (qk(Q) . qk(K)^T) / sqrt(head_dim),  masked where ``mask`` is False
+    A = softmax(scores) over the keys (in float32), then dropout
+    out = a(A) . v(V)                     -> (batch, query length, heads, head_dim)
+
+  with ``qk = query_key_quantizer`` (applied to Q and to K; e.g. ``'ste_sign'``: a binary
+  Q.K^T), ``a = attention_quantizer`` on the softmax probabilities (non-negative, so a
+  binary one maps them to {0, 1} times a scale rather than to +-1: ``'lsq(bits=1,
+  signed=False)'`` is {0, s} with a learned s, BiT's elastic binarization with no shift;
+  ``'dorefa(k_bit=1)'`` rounds at 0.5) and ``v = value_quantizer`` on V. None (default)
+  leaves an operand float. The scale 1/sqrt(head_dim) multiplies the scores after the
+  product, so the product's operands are exactly the quantizers' outputs.
+
+  ``mask``: booleans broadcastable to (batch, heads, query length, key length), True where a
+  query may attend to a key; masked scores are set to the float32 minimum, so a masked key
+  gets probability 0 (a fully masked row gets uniform weights, not NaN). Dropout
+  (``dropout_rate``, at ``train=True``, rng ``'dropout'``) acts on the probabilities before
+  ``attention_quantizer``, so A.V's operand is exactly the quantizer's output in training
+  too (after a {0, 1} quantizer, dropout's rescaling would make it {0, 1 / (1 - rate)}, and
+  a sign input quantizer of the next layer would then see values beyond its clip).
+  """
+  query_key_quantizer: Any = None
+  attention_quantizer: Any = None
+  value_quantizer: Any = None
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, query, key, value, mask=None, train: bool = False):
+    query, key, value = (t.astype(self.dtype) for t in (query, key, value))
+    scores = quant_matmul('...qhd,...khd->...hqk', query, key,
+                          self.query_key_quantizer, self.query_key_quantizer)
+    scores = scores.astype(jnp.float32) / math.sqrt(query.shape[-1])
+    if mask is not None:
+      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+    probs = nn.Dropout(self.dropout_rate, deterministic=not train)(probs)
+    q = quantizers.resolve(self.attention_quantizer)
+    probs = probs if q is None else q(probs)
+    return quant_matmul('...hqk,...khd->...qhd', probs, value, None, self.value_quantizer)
