@@ -42,6 +42,8 @@ def _config(workdir: str, overrides):
   # The run's teachers and pruning schedule are training-time parts: not needed here.
   plain.setdefault('distill', {})['teachers'] = ()
   plain.setdefault('prune', {}).update(algorithm=None, sparsity=0.0)
+  if plain.get('total_steps') is None and plain.get('total_epochs') is None:
+    plain['total_steps'] = 1  # a converted checkpoint (python -m mcj.weights): no schedule
   config = merge_config(plain)
   apply_overrides(config, list(overrides), say=lambda *a: None)
   return config

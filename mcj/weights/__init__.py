@@ -9,6 +9,7 @@ import dataclasses
 from typing import Callable
 
 from mcj.core import registry
+from mcj.weights import hf
 from mcj.weights import larq
 from mcj.weights import timm
 from mcj.weights import torchvision
@@ -23,6 +24,10 @@ class Source:
   reference: str = ''        # where the peer's weights and their published top-1 are
   options: tuple = ()        # model options the peer's architecture needs: ((key, value),)
   zero_is_plus_one: bool = False  # larq: a latent binary weight 0 computes as sign(0) = +1
+  text: bool = False         # a token model: its data block has no image_size
+  weights_in: Callable | None = None    # a checkpoint folder -> its weights file
+  read_options: Callable | None = None  # the checkpoint -> model options (HF config.json)
+  vocab: Callable | None = None         # the checkpoint -> its vocab.txt (or None)
 
   def num_classes(self, tensors: dict):
     """The class count of the file's classifier (None when the file has none)."""
@@ -104,4 +109,19 @@ SOURCES.update({
     'larq_zoo:meliusnet22': _larq('meliusnet22', larq.meliusnet, 'MeliusNet22',
                                   'meliusnet22_weights.h5', '62.4'),
 })
+_TIMM_VIT = ('timm {} (model.safetensors from the Hugging Face hub; {}): patch 16, 224x224')
+SOURCES.update({
+    f'timm:{name}': Source(model, timm.vit, 'head', _TIMM_VIT.format(name, note))
+    for name, model, note in [
+        ('deit_tiny_patch16_224', 'vit_tiny', 'DeiT top-1 72.2, ImageNet mean/std inputs'),
+        ('deit_small_patch16_224', 'vit_small', 'DeiT top-1 79.9, ImageNet mean/std inputs'),
+        ('deit_base_patch16_224', 'vit_base', 'DeiT top-1 81.8, ImageNet mean/std inputs'),
+        ('vit_tiny_patch16_224', 'vit_tiny', 'AugReg weights: inputs scaled to [-1, 1]'),
+        ('vit_small_patch16_224', 'vit_small', 'AugReg weights: inputs scaled to [-1, 1]'),
+        ('vit_base_patch16_224', 'vit_base', 'AugReg weights: inputs scaled to [-1, 1]')]})
+SOURCES['hf:bert'] = Source(
+    'bert_base', hf.bert, 'classifier', 'Hugging Face BERT checkpoint folder (config.json, '
+    'model.safetensors or pytorch_model.bin, vocab.txt): bert-base-uncased, '
+    'google/bert_uncased_L-*_H-*_A-* (BERT-Tiny ... Base), fine-tuned classifiers',
+    text=True, weights_in=hf.weight_file, read_options=hf.config_options, vocab=hf.vocab_file)
 registry.add_all('weights_source', SOURCES)

@@ -17,8 +17,16 @@ A *layout* lists, for one architecture, which peer layer fills which mcj layer:
   ``keras_grouped_conv`` (a tuple of Keras convs, one per group, as MeliusNet's stem splits
   its grouped convs: their kernels, concatenated on the output axis, are one grouped mcj
   kernel);
+- ``tensor``: one peer tensor (the prefix is its full name) -> one mcj param (the path is
+  its full path), the same shape (a ViT's ``cls_token`` and ``pos_embed``, BERT's embedding
+  tables);
+- ``layer_norm``: torch ``weight``, ``bias`` -> ``scale``, ``bias`` (``layer_norm_tf``: the
+  ``gamma``, ``beta`` of checkpoints converted from TensorFlow);
 - ``constant``: a peer layer whose weights mcj computes as a constant (QuickNet's frozen
-  blur-pool kernel): its tensors are accepted and unused (the mcj path is None).
+  blur-pool kernel) or does not use (BERT's pre-training heads): its tensors are accepted
+  and unused (the mcj path is None);
+- ``fresh``: an mcj module the file does not hold (a pre-trained BERT's classifier): it
+  keeps ``target``'s values, which must then be real arrays (an initialised model).
 
 A layout function takes mcj's param paths and the file's tensor names (some peers number
 their blocks by stage, which only the file tells).
@@ -105,6 +113,12 @@ def _entries(prefix: str, path: str, kind: str, flat: dict):
     if f'{path}/bias' in params:
       out.append((f'{prefix}/bias', 'params', f'{path}/bias', None, tuple))
     return out
+  if kind == 'tensor':
+    return [(prefix, 'params', path, None, tuple)]
+  if kind in ('layer_norm', 'layer_norm_tf'):
+    weight, bias = ('weight', 'bias') if kind == 'layer_norm' else ('gamma', 'beta')
+    return [(f'{prefix}.{weight}', 'params', f'{path}/scale', None, tuple),
+            (f'{prefix}.{bias}', 'params', f'{path}/bias', None, tuple)]
   if kind == 'keras_prelu':  # the mcj path names the slope param itself
     return [(f'{prefix}/alpha', 'params', path, lambda a: a.reshape(-1),
              lambda shape: (1, 1) + tuple(shape))]
@@ -128,10 +142,13 @@ def fill(tensors: dict, layout, target: dict, source: str) -> dict:
   stats = traverse_util.flatten_dict(dict(target.get('batch_stats', {})), sep='/')
   flat = {'params': params, 'batch_stats': stats}
   layers = layout(list(params), list(tensors))
-  constants = tuple(prefix + '/' for prefix, _, kind in layers if kind == 'constant')
-  entries = [e for prefix, path, kind in layers if kind != 'constant'
+  constants = tuple(prefix + sep for prefix, _, kind in layers if kind == 'constant'
+                    for sep in './')
+  fresh = tuple(path + '/' for _, path, kind in layers if kind == 'fresh')
+  entries = [e for prefix, path, kind in layers if kind not in ('constant', 'fresh')
              for e in _entries(prefix, path, kind, flat)]
   covered = {(c, p) for _, c, p, _, _ in entries}
+  covered |= {(c, p) for c in flat for p in flat[c] if p.startswith(fresh or '\0')}
   uncovered = sorted(f'{c}/{p}' for c in flat for p in flat[c] if (c, p) not in covered)
   if uncovered:  # a layout bug, not a user error
     raise AssertionError(f'the layout leaves mcj entries unfilled: {uncovered[:8]}')
@@ -139,11 +156,13 @@ def fill(tensors: dict, layout, target: dict, source: str) -> dict:
   wanted = {n: tuple(peer_shape(flat[c][p].shape)) for name, c, p, _, peer_shape in entries
             for n in names(name)}
   given = {n: tuple(v.shape) for n, v in tensors.items()
-           if not n.endswith(_IGNORED_SUFFIXES) and not n.startswith(constants or '\0')}
+           if not n.endswith(_IGNORED_SUFFIXES) and not n.startswith(constants or '\0')
+           and n + '.' not in constants}
   mismatch = checkpoint_lib.describe_mismatch(wanted, given)
   if mismatch:
     raise ConfigError(f'{source} does not fit the model: {mismatch}.')
-  out = {'params': {}, 'batch_stats': {}}
+  out = {c: {p: np.asarray(v) for p, v in flat[c].items() if p.startswith(fresh or '\0')}
+         for c in flat}
   for name, collection, path, transform, _ in entries:
     value = [np.asarray(tensors[n], np.float32) for n in names(name)]
     value = value if isinstance(name, tuple) else value[0]
@@ -166,16 +185,31 @@ def abstract_variables(model, image_shape) -> dict:
   return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
 
 
-def write_workdir(workdir: str, config: dict, variables: dict, say=print) -> None:
+def initial_variables(model, image_shape) -> dict:
+  """The model's initialised variables (seed 0): the target when a layout leaves a module
+  ``fresh``."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  return jax.device_get(model.init(jax.random.key(0), x, train=False))
+
+
+def write_workdir(workdir: str, config: dict, variables: dict, say=print,
+                  files: dict | None = None) -> None:
   """An mcj run workdir holding only ``variables`` at step 0 and ``config`` (config.json):
-  what ``init_from``, ``distill.teachers`` and ``mcj.summary --workdir`` read. A workdir
-  that already holds a run or a checkpoint is refused (nothing is replaced)."""
+  what ``init_from``, ``distill.teachers`` and ``mcj.summary --workdir`` read; ``files``
+  ({name in the workdir: file to copy}) come along (a BERT's vocab.txt). A workdir that
+  already holds a run or a checkpoint is refused (nothing is replaced)."""
   if os.path.exists(os.path.join(workdir, 'config.json')) or \
       os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise ConfigError(f'{workdir} already holds a run (config.json or checkpoints/); give a '
                       'new --workdir.')
+  taken = [name for name in files or {} if os.path.exists(os.path.join(workdir, name))]
+  if taken:
+    raise ConfigError(f'{workdir} already holds {taken[0]}; give a new --workdir.')
   os.makedirs(workdir, exist_ok=True)
   with workdir_lib.WorkdirLock(workdir):
+    for name, origin in (files or {}).items():
+      with open(origin, encoding='utf-8') as f:  # text (a vocab)
+        workdir_lib.write_atomically(os.path.join(workdir, name), f.read())
     checkpointer = checkpoint_lib.Checkpointer(workdir, keep=1)
     checkpointer.save(0, {'step': np.asarray(0, np.int32), **variables})
     checkpointer.close()

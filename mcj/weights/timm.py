@@ -73,3 +73,16 @@ def mobilenet_v3(paths, names) -> list:
   return out + [(f'{last}.conv', 'head/conv', 'conv'), (f'{last}.bn1', 'head/bn', 'bn'),
                 ('conv_head', 'classifier1', 'conv_as_linear'),
                 ('classifier', 'classifier2', 'linear')]
+
+
+def vit(paths, names=()) -> list:
+  """timm ``vit_*`` / ``deit_*`` (``VisionTransformer``): ``patch_embed.proj``,
+  ``cls_token``, ``pos_embed``, ``blocks.{i}`` (``norm1``, ``attn.qkv``, ``attn.proj``,
+  ``norm2``, ``mlp.fc1``, ``mlp.fc2``), ``norm``, ``head``; mcj's names are timm's."""
+  out = [('patch_embed.proj', 'patch_embed', 'conv'), ('cls_token', 'cls_token', 'tensor'),
+         ('pos_embed', 'pos_embed', 'tensor')]
+  for i in sorted({int(m.group(1)) for p in paths for m in [re.match(r'block_(\d+)/', p)] if m}):
+    out += [(f'blocks.{i}.{x}', f'block_{i}/{x.replace(".", "/")}',
+             'layer_norm' if x.startswith('norm') else 'linear')
+            for x in ('norm1', 'attn.qkv', 'attn.proj', 'norm2', 'mlp.fc1', 'mlp.fc2')]
+  return out + [('norm', 'norm', 'layer_norm'), ('head', 'head', 'linear')]
