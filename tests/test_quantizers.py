@@ -424,7 +424,8 @@ def test_pact_forward_and_alpha_gradient(bits, dtype):
 # ----------------------------------------------------------------------------- registry
 PRECISIONS = {'ste_sign': 1, 'approx_sign': 1, 'swish_sign': 1, 'magnitude_aware_sign': 1,
               'ste_heaviside': 1, 'hard_sign': 1, 'ste_tern': 2, 'dorefa': 2, 'ede': 1,
-              'irnet_weight': 1, 'bnext_weight': 1, 'lsq': 4, 'pact': 4, 'noop': 32}
+              'irnet_weight': 1, 'bnext_weight': 1, 'lsq': 4, 'pact': 4, 'noop': 32,
+              'bit_elastic': 1, 'bit_weight': 1, 'bibert_weight': 1, 'bibert_bool': 1}
 
 
 def test_every_registered_quantizer_has_its_precision():
@@ -452,7 +453,8 @@ def test_resolve_specs():
 
 
 @pytest.mark.parametrize('spec,message', [
-    ('not_a_quantizer', 'Valid: approx_sign, bnext_weight, dorefa, ede, hard_sign'),
+    ('not_a_quantizer', 'Valid: approx_sign, bibert_bool, bibert_weight, bit_elastic, '
+                        'bit_weight, bnext_weight, dorefa, ede, hard_sign'),
     ('ste_sign(beta=1.0)', "Bad option for quantizer 'ste_sign'"),
     ('ste_sign(1.0)', 'expected name(key=value, ...)'),
     ('ste_sign(clip_value=1.0', 'expected name(key=value, ...)'),

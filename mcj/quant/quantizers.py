@@ -27,6 +27,10 @@ ede                         IR-Net sign with the error-decay estimator
 irnet_weight                IR-Net weights: per-filter balance, EDE sign, 2^n scale
 lsq                         LSQ k-bit with a learned step size
 pact                        PACT k-bit activations with a learned clipping level
+bit_elastic                 BiT elastic binary activation: learned scale and threshold
+bit_weight                  BiT weights (BWN): mean|W| x sign(W - mean W), identity grad
+bibert_weight               BiBERT weights: per-row centred sign x mean|W|, clipped grad
+bibert_bool                 BiBERT's bool: {0, 1} attention weights from the scores
 noop                        identity that declares a precision (larq NoOp)
 ==========================  =========================================================
 
@@ -39,9 +43,10 @@ input quantizer (``approx_sign`` in ReActNet), as the official code's ``Learnabl
 ``BinaryActivation`` and as ``mcj.models`` builds it; the shift is then a param of the block,
 beside the conv.
 
-Quantizers with learned parameters (``lsq``, ``pact``) are functions that build a small Flax
-module when called, so they must be called inside a module's ``@nn.compact`` method (as
-``mcj.layers`` does); the module becomes a child of the calling layer.
+Quantizers with learned parameters (``lsq``, ``pact``, ``bit_elastic``) are functions that
+build a small Flax module when called, so they must be called inside a module's
+``@nn.compact`` method (as ``mcj.layers`` does); the module becomes a child of the calling
+layer.
 
 Quantizers whose behaviour changes over training (IR-Net's error-decay estimator, BNext's
 annealed weights) read ``current_progress()``, the fraction of training done in [0, 1],
@@ -625,6 +630,235 @@ def pact(bits: int = 4, alpha_init: float = 10.0) -> Quantizer:
     return PACT(bits, alpha_init)(x)
 
   return _with_precision(quantize, bits)
+
+
+# ----------------------------------------------------------------------------- binary transformers
+# BiT (Liu et al. NeurIPS 2022; facebookresearch/bit transformer/utils_quant.py) and BiBERT
+# (Qin et al. ICLR 2022; htqin/BiBERT transformer/utils_quant.py, modeling_quant.py).
+_BIT_ALPHA_EPS = 1e-5  # utils_quant.py: alpha = where(alpha > 1e-5, alpha, 1e-5)
+THRESHOLDS = ('tensor', 'channel', 'none')
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bit_elastic(v, alpha, signed, grad_scale):
+  """BiT's elastic binarization of ``v = x - beta`` (float32) with scale ``alpha``."""
+  a = jnp.maximum(alpha, _BIT_ALPHA_EPS)
+  if signed:
+    return a * _sign(v)
+  return a * jnp.clip(jnp.round(v / a), 0, 1)
+
+
+def _bit_elastic_fwd(v, alpha, signed, grad_scale):
+  return _bit_elastic(v, alpha, signed, grad_scale), (v, alpha)
+
+
+def _bit_elastic_bwd(signed, grad_scale, residuals, g):
+  v, alpha = residuals
+  q = v / jnp.maximum(alpha, _BIT_ALPHA_EPS)
+  if signed:
+    inside = (q >= -1) & (q <= 1)
+    dalpha = _sign(v)
+  else:
+    inside = (q >= 0) & (q <= 1)
+    dalpha = jnp.where(q < 0, 0.0, jnp.where(q > 1, 1.0, jnp.round(q) - q))
+  return g * inside, (jnp.sum(g * dalpha) * grad_scale).astype(alpha.dtype)
+
+
+_bit_elastic.defvjp(_bit_elastic_fwd, _bit_elastic_bwd)
+
+
+class ElasticBinary(nn.Module):
+  """BiT's elastic binary activation (Liu et al. 2022, section 3.2, eq. 5-7), as the
+  official code computes it (``ElasticQuantBinarizerSigned`` / ``...Unsigned`` at 1 bit,
+  after ``LearnableBias``).
+
+  With a learned scale ``alpha`` (param ``alpha``) and threshold ``beta`` (param ``beta``):
+
+    non-negative inputs (``signed=False``: attention probabilities, after-ReLU/GELU
+    activations):  X_B = alpha * round(clip((X - beta) / alpha, 0, 1))   (eq. 5), in {0, alpha}
+    signed inputs (``signed=True``):  X_B = alpha * sign((X - beta) / alpha)
+                                          = alpha * sign(X - beta), in {-alpha, +alpha}
+
+  Gradients, with ``q = (X - beta) / alpha`` and the straight-through estimator for the
+  rounding (eq. 6-7 and the code's backward):
+
+    dX_B/dX = 1 inside the clip range (0 <= q <= 1; signed: -1 <= q <= 1), else 0;
+    dX_B/dbeta = -dX_B/dX (``beta`` is subtracted, so through autodiff);
+    dX_B/dalpha = 0 for q < 0, round(q) - q for 0 <= q <= 1, 1 for q > 1 (unsigned);
+                  sign(X - beta) everywhere (signed);
+
+  the ``alpha`` gradient summed over the tensor and multiplied, as the code (after LSQ),
+  by ``1 / sqrt(numel(X) Qp)`` with ``Qp = 1`` at one bit (the paper does not scale it).
+  ``alpha`` is clamped at 1e-5 in the computation (its gradient is unchanged), as the code.
+  Rounding is half to even (as ``torch.round``): q = 0.5 gives 0. ``sign(0) = +1``
+  (``torch.sign`` gives 0 there).
+
+  ``alpha`` starts as the code's ``AlphaInit`` sets it from the first input it sees:
+  ``2 mean|X|`` (signed) or ``4 mean|X|`` (unsigned) (``Qp = 1`` in ``2 (4) mean|X| /
+  sqrt(Qp)``; the paper writes ``mean|X|``, its eq. 2). An all-zero first input (the dummy
+  batch ``model.init`` may get) gives no information; then ``alpha_init`` is used, by
+  default ``2 sqrt(2/pi)``: the code's value for a unit-normal input, signed or (4 mean of
+  its ReLU) unsigned. ``beta`` starts at 0.
+
+  ``threshold``: ``'tensor'`` one ``beta`` (the paper's scalar), ``'channel'`` one per entry
+  of the last axis (the code's ``LearnableBias(in_features)`` before a linear layer's input
+  quantizer: for ``input_quantizer`` of a dense layer), ``'none'`` no ``beta`` (the code's
+  attention probabilities, and its Q, K, V: there ``move_q/k/v`` are computed but their
+  outputs unused). Do not use ``'channel'`` on attention probabilities (the last axis is
+  the key position).
+  """
+  signed: bool = True
+  threshold: str = 'tensor'
+  alpha_init: float | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    if self.threshold not in THRESHOLDS:
+      raise ValueError(f'threshold must be one of {THRESHOLDS}, got {self.threshold!r}.')
+    x32 = x.astype(jnp.float32)
+    fallback = self.alpha_init if self.alpha_init is not None else 2 * math.sqrt(2 / math.pi)
+
+    def init(rng):
+      del rng
+      from_data = (2.0 if self.signed else 4.0) * jnp.mean(jnp.abs(x32))
+      return jnp.where(from_data > 0, from_data, jnp.float32(fallback))
+
+    alpha = self.param('alpha', init)
+    if self.threshold != 'none':
+      shape = () if self.threshold == 'tensor' else (x.shape[-1],)
+      x32 = x32 - self.param('beta', nn.initializers.zeros, shape, jnp.float32)
+    return _bit_elastic(x32, alpha, self.signed, 1 / math.sqrt(x.size)).astype(x.dtype)
+
+
+@registry.register('quantizer', 'bit_elastic')
+def bit_elastic(signed: bool = True, threshold: str = 'tensor',
+                alpha_init: float | None = None) -> Quantizer:
+  """BiT's elastic binary activation with a learned scale and threshold; see
+  ``ElasticBinary``. One bit: {0, alpha} (``signed=False``) or {-alpha, alpha}.
+
+  As BiT binarizes a BERT (facebookresearch/bit, 1-bit activations with ``sym_quant_qkvo``
+  True and ``sym_quant_ffn_attn`` False): ``signed=True, threshold='channel'`` for the
+  inputs of the dense layers, ``signed=False, threshold='channel'`` for the input of the
+  FFN's second dense layer (after the activation; BiT's script uses ReLU there),
+  ``signed=True, threshold='none'`` for Q, K and V, ``signed=False, threshold='none'`` for
+  the attention probabilities.
+  """
+  signed = _flag('bit_elastic', 'signed', signed)
+  _check(threshold in THRESHOLDS,
+         f'bit_elastic threshold must be one of {", ".join(THRESHOLDS)}, got {threshold!r}.')
+  alpha_init = None if alpha_init is None else _number('bit_elastic', 'alpha_init', alpha_init)
+
+  def quantize(x):
+    return ElasticBinary(signed, threshold, alpha_init)(x)
+
+  return _with_precision(quantize, 1)
+
+
+def _reduce_axes(ndim: int, per: str):
+  """The axes a per-``per`` statistic averages over: all of them (``'tensor'``), all but the
+  last (``'column'``: one value per output unit of a (in, out) kernel), or all but the first
+  (``'row'``: one value per row of a 2-D table, e.g. each token of an embedding table)."""
+  if per == 'tensor':
+    return tuple(range(ndim))
+  if per == 'column':
+    return tuple(range(ndim - 1))
+  return tuple(range(1, ndim))
+
+
+def _scaled_sign_forward(x, scale, centre):
+  return (scale * _sign(x - centre)).astype(x.dtype)
+
+
+@registry.register('quantizer', 'bit_weight')
+def bit_weight(per: str = 'tensor') -> Quantizer:
+  """BiT's weight binarizer, Binary Weight Networks (facebookresearch/bit ``BwnQuantizer``,
+  ``--weight_quant_method bwn``; Rastegari et al. 2016).
+
+  Forward ``alpha * sign(W - mean(W))``: the mean over the whole tensor, ``alpha =
+  mean|W|`` (of W, not of the centred W) over the whole tensor (``per='tensor'``: the code's
+  ``weight_layerwise=True``, its default for every linear layer), per output unit
+  (``'column'``: per last-axis entry of a (in, out) kernel, a torch Linear weight's row) or
+  per row of a 2-D table (``'row'``: per token of an embedding table, the code's
+  ``embed_layerwise=False`` default for the word embeddings). Gradient: the identity (the
+  code's backward passes ``grad_output`` unchanged; no clipping, none through the mean or
+  alpha). Use it with ``kernel_scale='none'`` (alpha is in the output).
+
+  It is not mcj's ``kernel_quantizer='ste_sign', kernel_scale='xnor'`` (nor
+  ``magnitude_aware_sign``): those take ``sign(W)`` without centring, scale per output
+  channel, and clip the gradient to ``|W| <= 1``.
+  """
+  _check(per in ('tensor', 'column', 'row'),
+         f"bit_weight per must be 'tensor', 'column' or 'row', got {per!r}.")
+
+  def quantize(w):
+    w32 = w.astype(jnp.float32)
+    scale = jnp.mean(jnp.abs(w32), axis=_reduce_axes(w.ndim, per), keepdims=True)
+    out = _elementwise(_scaled_sign_forward, lambda x, s, c: jnp.ones_like(x), w32, scale,
+                       jnp.mean(w32))
+    return out.astype(w.dtype)
+
+  return _with_precision(quantize, 1)
+
+
+def _bibert_weight_derivative(x, scale):
+  return _inside(x, 1.0)
+
+
+@registry.register('quantizer', 'bibert_weight')
+def bibert_weight(per: str = 'column') -> Quantizer:
+  """BiBERT's weight (and embedding) binarizer (htqin/BiBERT ``QuantizeLinear`` /
+  ``QuantizeEmbedding`` at ``weight_bits=1``).
+
+  Per row of the torch weight (``per='column'``: per output unit of a (in, out) kernel,
+  averaging over every other axis; ``'row'``: per token of an embedding table, averaging
+  over its features): ``W_c = W - mean(W)``, forward ``mean|W| * sign(W_c)`` (``mean|W|`` of
+  the uncentred W, a constant in the backward pass). Gradient that of ``clip(W_c, -1, 1)``
+  (``binary.detach() - clipped.detach() + clipped``): ``g * 1[|W_c| <= 1]``, not scaled by
+  ``mean|W|``, then through the centring (minus its mean over the row), as autodiff of the
+  code gives. Use it with ``kernel_scale='none'``.
+  """
+  _check(per in ('column', 'row'), f"bibert_weight per must be 'column' or 'row', got {per!r}.")
+
+  def quantize(w):
+    w32 = w.astype(jnp.float32)
+    axes = _reduce_axes(w.ndim, per)
+    centred = w32 - jnp.mean(w32, axis=axes, keepdims=True)
+    scale = jax.lax.stop_gradient(jnp.mean(jnp.abs(w32), axis=axes, keepdims=True))
+    out = _elementwise(lambda x, s: s * _sign(x), _bibert_weight_derivative, centred, scale)
+    return out.astype(w.dtype)
+
+  return _with_precision(quantize, 1)
+
+
+@registry.register('quantizer', 'bibert_bool')
+def bibert_bool(inclusive: bool = False) -> Quantizer:
+  """BiBERT's ``bool`` (Qin et al. 2022, section 3.2, Bi-Attention): {0, 1} attention weights
+  from the attention scores, ``B_A = bool(B_Q B_K^T / sqrt(D))``, which replaces the softmax;
+  the output is ``B_A . sign(V)``.
+
+  ``inclusive=False`` (default), the official code (``ZMeanBinaryQuantizer``:
+  ``torch.sign``, then -1 -> 0): forward 1 for ``x > 0``, 0 for ``x <= 0``; gradient
+  ``g * 1[|x| < 1]`` (the code zeroes it where ``x >= 1`` or ``x <= -1``).
+  ``inclusive=True``, the paper's equations: 1 for ``x >= 0``; gradient ``g * 1[|x| <= 1]``.
+  The two differ only at ``x = 0`` and ``|x| = 1``, which binary scores hit often: ``B_Q
+  B_K^T / sqrt(D)`` is an integer over ``sqrt(D)``, 0 for an even D whenever half the signs
+  agree, +-1 for a square D. Forward as the code and gradient as the paper is
+  ``ste_heaviside``.
+
+  It needs the pre-softmax scores: as ``attention_quantizer`` of
+  ``layers.QuantDotProductAttention`` it would see softmax probabilities (all > 0: every
+  weight 1), so Bi-Attention needs a layer option that applies it to the (scaled, masked)
+  scores in place of the softmax. Masked scores (the float32 minimum) give 0 in both forms.
+  """
+  inclusive = _flag('bibert_bool', 'inclusive', inclusive)
+
+  def forward(x):
+    return (x >= 0 if inclusive else x > 0).astype(x.dtype)
+
+  def derivative(x):
+    return (jnp.abs(x) <= 1 if inclusive else jnp.abs(x) < 1).astype(jnp.float32)
+
+  return _with_precision(lambda x: _elementwise(forward, derivative, x), 1)
 
 
 # ----------------------------------------------------------------------------- lookup

@@ -103,6 +103,10 @@ def validate(config) -> None:
   need(prune.algorithm or not prune.sparsity,
        f'config.prune.sparsity={prune.sparsity} is set but no pruning algorithm is: set '
        f'config.prune.algorithm ({", ".join(registry.names("prune_algorithm"))}).')
+  for key in ('heads_fraction', 'heads_step'):
+    need(0 <= prune[key] < 1, f'config.prune.{key} must be in [0, 1), got {prune[key]}.')
+  for key in ('heads_batches', 'heads_min_per_layer'):
+    need(prune[key] >= 0, f'config.prune.{key} must be >= 0, got {prune[key]}.')
 
 
 def _merge_into(node, user, path):

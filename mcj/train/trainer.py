@@ -26,6 +26,7 @@ import optax
 from mcj import data as data_lib
 from mcj.analysis import summary as summary_lib
 from mcj.compress.distill import teachers as teachers_lib
+from mcj.compress.prune import heads as heads_lib
 from mcj.compress.prune import pruner as prune_lib
 from mcj.core import checkpoint as checkpoint_lib
 from mcj.core import metrics as metrics_lib
@@ -61,6 +62,7 @@ class Experiment:
   adapter_tx: optax.GradientTransformation
   pruner: Any = None      # compress.prune.Pruner: masks in the optimizer state
   distiller: Any = None   # compress.distill.teachers.Distiller: frozen teachers + losses
+  head_pruner: Any = None  # compress.prune.heads.HeadPruner: attention heads at the end
   compiled_steps: Any = None  # (p_train_step, p_eval_step), built on first use
 
   @property
@@ -70,7 +72,7 @@ class Experiment:
   @property
   def methods(self) -> list:
     """The compression methods in this run (each may have ``finish``: end-of-run work)."""
-    return [m for m in (self.pruner, self.distiller) if m is not None]
+    return [m for m in (self.pruner, self.distiller, self.head_pruner) if m is not None]
 
 
 def _say(*args):
@@ -119,12 +121,14 @@ def build(config: ml_collections.ConfigDict, say: Callable = _say) -> Experiment
       num_classes=info.num_classes, compute_dtype=config.compute_dtype, student=model,
       seed=config.seed, place=jax.jit(lambda v: v, out_shardings=parallel.replicated(mesh)),
   ) if config.distill.teachers else None
+  head_pruner = (heads_lib.HeadPruner(config.prune, model) if config.prune.heads_fraction
+                 else None)
   adapter_tx = optim.make_optimizer(  # no binary layers among the adapters
       ml_collections.ConfigDict({'optimizer': config.optimizer.to_dict()}), schedule)
   return Experiment(config=config, mesh=mesh, dataset=dataset, info=info,
                     total_steps=total_steps, eval_batch_size=eval_batch_size, model=model,
                     schedule=schedule, tx=tx, adapter_tx=adapter_tx, pruner=pruner,
-                    distiller=distiller)
+                    distiller=distiller, head_pruner=head_pruner)
 
 
 def init_state(exp: Experiment) -> dict:
@@ -322,8 +326,9 @@ def _train(config, workdir: str, is_main: bool) -> dict:
   _say(f'mcj: model {config.model.name}, {num_params:,} params; data {config.data.name}, '
        f'{exp.info.num_train_examples:,} train / {exp.info.num_eval_examples:,} eval '
        f'examples, {exp.total_steps:,} steps.')
-  if exp.pruner:
-    _say(f'mcj: {exp.pruner.describe()}.')
+  for method in (exp.pruner, exp.head_pruner):
+    if method:
+      _say(f'mcj: {method.describe()}.')
   p_train_step, p_eval_step = exp_steps(exp)
 
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints, say=_say)

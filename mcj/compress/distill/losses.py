@@ -27,7 +27,16 @@ Each formula is tested against an independent numpy implementation of the paper'
 ``tests/test_distill.py``, the relational ones also for device-count invariance. The
 names above are registered with the config (``distill.logit_loss`` / ``feature_loss``) in
 ``objectives``.
+
+Transformer distillation (tested in ``tests/test_transformer_methods.py``; not registered:
+it needs per-layer attention scores, Q, K, V and the embedding output, which the feature
+taps do not hold): TinyBERT's layer losses (``tinybert_attention_loss``, ``_hidden_loss``,
+``_embedding_loss``, ``_prediction_loss``, ``_intermediate_loss``) and its
+``uniform_layer_map``; BiBERT's ``direction_matching_loss`` (DMD, relational over the
+batch: it takes ``axis_name``); DistilBERT's student initialisation (``distilbert_layers``,
+``distilbert_init``).
 """
+import re
 from typing import Sequence
 
 import flax.linen as nn
@@ -341,6 +350,233 @@ def rkd_loss(student_embedding, teacher_embedding, distance_weight: float = 25.0
   if not _is_zero(angle_weight):  # the O(N^3) part: skipped when switched off
     loss = loss + angle_weight * rkd_angle(s, t)
   return loss
+
+
+# ----------------------------------------------------------------------------- transformer layers
+# TinyBERT (Jiao et al., Findings of EMNLP 2020; huawei-noah/Pretrained-Language-Model
+# TinyBERT/task_distill.py), BiBERT's DMD (Qin et al. ICLR 2022; htqin/BiBERT
+# quant_task_glue.py) and DistilBERT's initialisation (Sanh et al. 2019; HF transformers
+# examples/research_projects/distillation/scripts/extract_distilbert.py).
+# TinyBERT's code zeroes attention scores at or below -100 (the additive -10000 mask).
+_MASKED_SCORE = -1e2
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int):
+  """TinyBERT's uniform layer mapping ``g(m) = m N / M`` for m = 0 .. M (section 3.1, "the
+  uniform strategy"; 4 of 12 layers: g(m) = 3m), ``(g(0), ..., g(M))``.
+
+  Layer numbers count from 1, with 0 the embedding layer (g(0) = 0; the prediction layer
+  M + 1 maps to N + 1). So hidden states (index 0 the embedding output, index m the output
+  of layer m) pair as ``student[m] <-> teacher[g(m)]``, and per-layer tensors indexed from 0
+  (attention scores; BiBERT's Q, K, V) as ``student[m - 1] <-> teacher[g(m) - 1]``: the
+  last layer of each block of N / M, the official codes' ``i * k + k - 1``. M must divide N
+  (the codes assert it).
+  """
+  if not (isinstance(student_layers, int) and isinstance(teacher_layers, int)
+          and 0 < student_layers <= teacher_layers and teacher_layers % student_layers == 0):
+    raise ValueError(f'the uniform mapping needs 0 < M <= N with M dividing N, got '
+                     f'M={student_layers} student and N={teacher_layers} teacher layers.')
+  step = teacher_layers // student_layers
+  return tuple(m * step for m in range(student_layers + 1))
+
+
+def _check_same_shapes(what, student, teacher):
+  if tuple(student.shape) != tuple(teacher.shape):
+    raise ValueError(f'{what} pairs tensors of equal shape (same heads and tokens); got '
+                     f'student {tuple(student.shape)} and teacher {tuple(teacher.shape)}.')
+
+
+def tinybert_attention_loss(student_scores, teacher_scores):
+  """TinyBERT's attention loss for one layer pair (eq. 6):
+  ``L_attn = 1/h sum_i MSE(A_i^S, A_i^T)`` on the unnormalised attention scores ``A = Q K^T
+  / sqrt(d_k)`` (before the softmax), shape (batch, heads, queries, keys).
+
+  The mean over heads of per-head MSEs is the MSE over all elements, as the code computes
+  it (``MSELoss()``). As the code, scores at or below -100 (masked keys: mcj sets them to
+  the float32 minimum, the code adds -10000) are set to 0 on both sides first, so padding
+  adds nothing.
+  """
+  s, t = _f32(student_scores), _f32(teacher_scores)
+  _check_same_shapes('tinybert_attention_loss', s, t)
+  s = jnp.where(s <= _MASKED_SCORE, 0.0, s)
+  t = jnp.where(t <= _MASKED_SCORE, 0.0, t)
+  return jnp.mean((s - t) ** 2)
+
+
+def _projected_mse(student, teacher, kernel, bias):
+  projected = _f32(student) @ _f32(kernel)
+  if bias is not None:
+    projected = projected + _f32(bias)
+  t = _f32(teacher)
+  _check_same_shapes('the projected student', projected, t)
+  return jnp.mean((projected - t) ** 2)
+
+
+def tinybert_hidden_loss(student_hidden, teacher_hidden, kernel, bias=None):
+  """TinyBERT's hidden-state loss for one layer pair (eq. 7): ``MSE(H^S W_h, H^T)`` with the
+  learned projection ``W_h`` (``kernel``, shape (d_student, d_teacher)); (batch, tokens,
+  d) hidden states. The code's projection (``fit_dense``, a Linear layer) has a ``bias``
+  too; None leaves it out (the paper's formula)."""
+  return _projected_mse(student_hidden, teacher_hidden, kernel, bias)
+
+
+def tinybert_embedding_loss(student_embeddings, teacher_embeddings, kernel, bias=None):
+  """TinyBERT's embedding-layer loss (eq. 8): ``MSE(E^S W_e, E^T)`` with the learned
+  projection ``W_e`` (``kernel``, (d_student, d_teacher)) on the embedding-layer outputs.
+  The paper learns W_e apart from W_h; the code uses its one ``fit_dense`` for both (the
+  embedding output is hidden state 0), i.e. the same ``kernel`` and ``bias`` here."""
+  return _projected_mse(student_embeddings, teacher_embeddings, kernel, bias)
+
+
+def tinybert_prediction_loss(student_logits, teacher_logits, temperature: float = 1.0):
+  """TinyBERT's prediction-layer loss (eq. 9): ``CE(z^T / t, z^S / t) = mean_i -sum_c
+  softmax(z^T_i / t)_c log softmax(z^S_i / t)_c``, with no ``t^2`` factor; t = 1 in the
+  paper's experiments (the code's default ``--temperature 1``).
+
+  The code's ``soft_cross_entropy`` takes ``.mean()`` over examples and classes, i.e. this
+  loss divided by the number of classes (BiBERT and BiT use the same function); at t = 1
+  this is ``distribution_loss``.
+  """
+  t = _f32(temperature)
+  log_ps = jax.nn.log_softmax(_f32(student_logits) / t, axis=-1)
+  pt = jax.nn.softmax(_f32(teacher_logits) / t, axis=-1)
+  return jnp.mean(-jnp.sum(pt * log_ps, axis=-1))
+
+
+def tinybert_intermediate_loss(student_scores: Sequence, teacher_scores: Sequence,
+                               student_hidden: Sequence, teacher_hidden: Sequence, kernel,
+                               bias=None, embedding_kernel=None, embedding_bias=None):
+  """TinyBERT's intermediate-layer objective (eq. 10 for m = 0 .. M, lambda_m = 1, as the
+  code's ``att_loss + rep_loss``) under the uniform mapping ``g``:
+
+    sum_{m=1..M} L_attn(student_scores[m-1], teacher_scores[g(m)-1])
+    + L_embd(student_hidden[0], teacher_hidden[0])
+    + sum_{m=1..M} L_hidn(student_hidden[m], teacher_hidden[g(m)])
+
+  ``*_scores``: one (batch, heads, T, T) array per layer (M and N of them); ``*_hidden``:
+  the embedding output then every layer's output (M + 1 and N + 1). The hidden states share
+  ``kernel`` / ``bias`` (the code's one ``fit_dense``) unless ``embedding_kernel`` (and
+  ``embedding_bias``) give the embedding layer its own W_e (the paper).
+  """
+  m_layers, n_layers = len(student_scores), len(teacher_scores)
+  if len(student_hidden) != m_layers + 1 or len(teacher_hidden) != n_layers + 1:
+    raise ValueError(f'hidden states are the embedding output plus one per layer: got '
+                     f'{len(student_hidden)} student and {len(teacher_hidden)} teacher hidden '
+                     f'states for {m_layers} and {n_layers} layers.')
+  g = uniform_layer_map(m_layers, n_layers)
+  if embedding_kernel is None:
+    embedding_kernel, embedding_bias = kernel, bias
+  total = tinybert_embedding_loss(student_hidden[0], teacher_hidden[0], embedding_kernel,
+                                  embedding_bias)
+  for m in range(1, m_layers + 1):
+    total = total + tinybert_attention_loss(student_scores[m - 1], teacher_scores[g[m] - 1])
+    total = total + tinybert_hidden_loss(student_hidden[m], teacher_hidden[g[m]], kernel, bias)
+  return total
+
+
+def similarity_matrix(feature):
+  """BiBERT's similarity pattern of an activation per head: ``F F^T`` over the tokens.
+  (batch, tokens, heads, head_dim) -> (batch, heads, tokens, tokens); a (batch, tokens,
+  features) tensor is one head. (The code also divides by sqrt(head_dim), which the
+  normalisation in ``direction_matching_loss`` cancels.)"""
+  f = _f32(feature)
+  if f.ndim == 3:
+    f = f[:, :, None, :]
+  if f.ndim != 4:
+    raise ValueError(f'similarity_matrix takes (batch, tokens, heads, head_dim) or (batch, '
+                     f'tokens, features), got shape {tuple(f.shape)}.')
+  return jnp.einsum('bqhd,bkhd->bhqk', f, f)
+
+
+def direction_matching_loss(student_features: Sequence, teacher_features: Sequence,
+                            axis_name=None):
+  """BiBERT's Direction-Matching Distillation (Qin et al. 2022, section 3.3), as the code
+  computes it (``direction_matching_distillation`` / ``att_loss_r2b``).
+
+  ``sum_j || P_s^j / ||P_s^j|| - P_t^j / ||P_t^j|| ||`` over the listed (student, teacher)
+  pairs, with ``P = F F^T`` per head (``similarity_matrix``) and ``||.||`` the l2
+  (Frobenius) norm of the whole tensor (batch, heads, tokens, tokens): normalised over
+  the batch, not per row or per example, and the difference norm not squared. BiBERT
+  pairs ``F`` in {Q, K, V} of each student layer with the teacher layer mapped to it (the
+  last of each block, see ``uniform_layer_map``), the activations before they are
+  binarized; the caller lists the pairs (e.g. ``[q_s1, k_s1, v_s1, q_s2, ...]``). Student
+  and teacher must have the same number of heads and tokens. Padded tokens are included,
+  as in the code.
+
+  The norms span the batch, so with ``axis_name`` they are over the global batch (sums of
+  squares ``psum``-ed over devices): the value is the full-batch value on every device,
+  and the ``pmean`` of per-device gradients is the full-batch gradient (tested). A zero
+  matrix is divided by 1e-12 instead of 0 (the code divides by its norm directly), and the
+  difference norm has gradient 0, not NaN, at 0.
+  """
+  if len(student_features) != len(teacher_features):
+    raise ValueError(f'{len(student_features)} student features but {len(teacher_features)} '
+                     'teacher features: they pair one to one.')
+  total = jnp.float32(0.0)
+  for s, t in zip(student_features, teacher_features):
+    ps, pt = similarity_matrix(s), similarity_matrix(t)
+    _check_same_shapes('direction_matching_loss', ps, pt)
+    ps = ps * jax.lax.rsqrt(jnp.maximum(_psum(jnp.sum(ps * ps), axis_name),
+                                        _NORMALIZE_EPS ** 2))
+    pt = pt * jax.lax.rsqrt(jnp.maximum(_psum(jnp.sum(pt * pt), axis_name),
+                                        _NORMALIZE_EPS ** 2))
+    d2 = _psum(jnp.sum((ps - pt) ** 2), axis_name)
+    positive = d2 > 0
+    total = total + jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
+  return total
+
+
+# ----------------------------------------------------------------------------- student init
+_LAYER_KEY = re.compile(r'layer_(\d+)$')
+
+
+def distilbert_layers(teacher_layers: int, student_layers: int | None = None):
+  """The teacher layers (0-based) a DistilBERT student starts from: one layer out of two
+  (Sanh et al. 2019, section 3), counted from both ends so the first and last are kept, as
+  the official script's hard-coded ``[0, 2, 4, 7, 9, 11]`` for 12 -> 6: the first
+  ``ceil(M/2)`` are 0, 2, 4, ..., the other ``floor(M/2)`` end at N - 1 in steps of 2.
+  ``student_layers`` defaults to N // 2 and may be at most (N + 2) // 2."""
+  n = teacher_layers
+  m = n // 2 if student_layers is None else student_layers
+  if not (isinstance(n, int) and isinstance(m, int) and 0 < m and 2 * m <= n + 2):
+    raise ValueError(f'one layer out of two needs 0 < M <= (N + 2) / 2, got M={m} student and '
+                     f'N={n} teacher layers; pass the layers to keep explicitly.')
+  first = (m + 1) // 2
+  return tuple(range(0, 2 * first, 2)) + tuple(range(n - 1 - 2 * (m - first - 1), n, 2))
+
+
+def distilbert_init(teacher_params, student_layers: int | None = None,
+                    layers: Sequence[int] | None = None):
+  """Student params from a BERT teacher's, as DistilBERT initialises its student
+  (extract_distilbert.py): the encoder layers ``layers`` (default
+  ``distilbert_layers(N, student_layers)``: [0, 2, 4, 7, 9, 11] of 12) become the student's
+  ``layer_0``, ``layer_1``, ...; everything else (``embeddings``, ``pooler``,
+  ``classifier``, any other top-level entry) is copied as it is. DistilBERT itself drops
+  the token-type embeddings and the pooler; an mcj BERT student keeps both.
+
+  ``teacher_params`` is the ``params`` collection (keys ``layer_{i}``, as
+  ``mcj.models.transformers.bert`` names them), or variables holding it under ``params``
+  (the result then has the same form). The student is the same model with ``num_layers =
+  len(layers)`` (and, for a head-pruned teacher, those layers' ``heads_per_layer``).
+  Arrays are shared with the teacher, not copied.
+  """
+  if not any(_LAYER_KEY.match(str(k)) for k in teacher_params) and 'params' in teacher_params:
+    inner = distilbert_init(teacher_params['params'], student_layers, layers)
+    return {**dict(teacher_params), 'params': inner}
+  found = sorted(int(_LAYER_KEY.match(str(k)).group(1)) for k in teacher_params
+                 if _LAYER_KEY.match(str(k)))
+  if found != list(range(len(found))) or not found:
+    raise ValueError(f'teacher params need encoder layers layer_0 .. layer_{{N-1}}, got '
+                     f'{sorted(teacher_params)}.')
+  if layers is None:
+    layers = distilbert_layers(len(found), student_layers)
+  layers = [int(i) for i in layers]
+  if not all(0 <= i < len(found) for i in layers):
+    raise ValueError(f'layers {layers} are not all among the teacher\'s {len(found)} layers.')
+  student = {k: v for k, v in teacher_params.items() if not _LAYER_KEY.match(str(k))}
+  for j, i in enumerate(layers):
+    student[f'layer_{j}'] = teacher_params[f'layer_{i}']
+  return student
 
 
 # ----------------------------------------------------------------------------- feature plumbing

@@ -184,16 +184,7 @@ class Pruner:
                      **{k: list(getattr(small_model, k)) for k in ('inner_widths',
                                                                     'hidden_widths')
                         if getattr(small_model, k, None) is not None}}
-    rebuilt_dir = os.path.join(workdir, 'rebuilt')
-    if jax.process_index() == 0:
-      os.makedirs(rebuilt_dir, exist_ok=True)
-      small_config = config.to_dict()
-      small_config.update(model=rebuilt_model, prune=copy.deepcopy(DEFAULTS))
-      with open(os.path.join(rebuilt_dir, 'config.json'), 'w') as f:
-        json.dump(small_config, f, indent=2, sort_keys=True)
-    small_checkpointer = checkpoint_lib.Checkpointer(rebuilt_dir, keep=1)
-    small_checkpointer.save(step, {'step': np.asarray(step, np.int32), **small_variables})
-    small_checkpointer.close()
+    rebuilt_dir = save_rebuilt(workdir, config, rebuilt_model, small_variables, step)
     say(f'mcj: rebuilt without the pruned channels in {rebuilt_dir}: {small["params"]:,} '
         f'params, {small["macs"]:,} MACs (dense: {dense_summary["params"]:,}, '
         f'{dense_summary["macs"]:,}).')
@@ -204,6 +195,24 @@ class Pruner:
     return (f'prune: {self.algorithm}, {self.config.schedule}, target sparsity '
             f'{self.sparsity:.2%} over {len(self.targets)} layers '
             f'({sum(math.prod(t.shape) for t in self.targets):,} weights)')
+
+
+def save_rebuilt(workdir: str, config, rebuilt_model: dict, variables, step: int) -> str:
+  """Writes the rebuilt smaller network as a run workdir of its own, ``<workdir>/rebuilt``:
+  ``config.json`` (the run's config with the model block ``rebuilt_model`` and the ``prune``
+  block at its defaults) and ``checkpoints/<step>`` (``step`` and ``variables``). Returns
+  its path."""
+  rebuilt_dir = os.path.join(workdir, 'rebuilt')
+  if jax.process_index() == 0:
+    os.makedirs(rebuilt_dir, exist_ok=True)
+    small_config = config.to_dict()
+    small_config.update(model=rebuilt_model, prune=copy.deepcopy(DEFAULTS))
+    with open(os.path.join(rebuilt_dir, 'config.json'), 'w') as f:
+      json.dump(small_config, f, indent=2, sort_keys=True)
+  small_checkpointer = checkpoint_lib.Checkpointer(rebuilt_dir, keep=1)
+  small_checkpointer.save(step, {'step': np.asarray(step, np.int32), **variables})
+  small_checkpointer.close()
+  return rebuilt_dir
 
 
 def rebuild(model: nn.Module, variables):

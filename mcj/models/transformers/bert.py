@@ -39,14 +39,36 @@ key,value,output}`` (``encoder.layer.{i}.attention.self.*``, ``attention.output.
 ``layer_{i}/attention_norm`` (``attention.output.LayerNorm``), ``layer_{i}/intermediate``,
 ``layer_{i}/output``, ``layer_{i}/output_norm`` (``output.LayerNorm``), ``pooler``,
 ``classifier``; dense kernels are (in, out), HF's weights transposed.
+
+Attention heads (``mcj.compress.prune.heads`` prunes them):
+- ``heads_per_layer`` (None: ``num_heads`` in every layer): the number of heads of each
+  layer, e.g. a model rebuilt after head pruning. ``head_dim`` stays ``hidden_size //
+  num_heads``, so a layer with h heads has Q, K, V of ``h * head_dim`` outputs and an
+  attention output dense layer of ``h * head_dim`` inputs; its heads are the kept heads in
+  their original order (HF's ``prune_heads`` slices the same rows and columns). A layer
+  with 0 heads has no Q, K, V and no attention products: the attention adds only the output
+  bias ``layer_{i}/attention/output/bias`` (the only param left under ``output``) before
+  ``attention_norm``. That is what the attention computes when every head's output is zero,
+  and what HF keeps: its ``prune_heads`` leaves zero-size Q, K, V and output kernels and the
+  output bias, so LayerNorm(x + bias) there too.
+- ``head_mask`` (a call argument, default None): floats of shape (num_layers, num_heads), or
+  (batch, num_layers, num_heads) for one mask per example, that multiply each head's output
+  Att_h(x) = softmax(q k^T / sqrt(d)) v before the attention output layer (Michel et al.
+  2019's xi_h; HF multiplies the attention probabilities per head, which is the same
+  product). Layer i reads the first ``heads_per_layer[i]`` columns of row i. A 0 there is
+  the head removed exactly where the attention output layer is float; a quantized one maps
+  the 0 input to q(0) (sign(0) = +1) and scales its kernel over every input row (``xnor``),
+  so the rebuilt model only approximates the masked one.
 """
 import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mcj.core import registry
+from mcj.core import tree as tree_lib
 from mcj.nn import layers
 
 init_normal = nn.initializers.normal(0.02)
@@ -65,24 +87,81 @@ def token_types(ids, pad_token_id: int, sep_token_id: int):
   return (after_first_sep & (ids != pad_token_id)).astype(jnp.int32)
 
 
+class OutputBias(nn.Module):
+  """The attention output layer of a layer without heads: its bias alone."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    return jnp.broadcast_to(bias.astype(self.dtype), x.shape[:-1] + (self.features,))
+
+
+def scale_heads(out, head_mask):
+  """``out`` (batch, length, heads, head_dim) with head h multiplied by ``head_mask[..., h]``
+  (shape (heads,) or (batch, heads)); None leaves it unchanged."""
+  if head_mask is None:
+    return out
+  return out * jnp.asarray(head_mask)[..., None, :, None].astype(out.dtype)
+
+
+def check_head_mask(head_mask, batch: int, num_layers: int, num_heads: int):
+  """``head_mask`` as an array of shape (num_layers, num_heads) or (batch, num_layers,
+  num_heads); a ValueError otherwise."""
+  head_mask = jnp.asarray(head_mask)
+  if head_mask.shape not in ((num_layers, num_heads), (batch, num_layers, num_heads)):
+    raise ValueError(f'head_mask must have shape (num_layers, num_heads) = ({num_layers}, '
+                     f'{num_heads}) or (batch, num_layers, num_heads) = ({batch}, '
+                     f'{num_layers}, {num_heads}), got {head_mask.shape}.')
+  return head_mask
+
+
+def layer_heads(heads_per_layer, num_layers: int, num_heads: int) -> tuple[int, ...]:
+  """Each layer's number of heads: ``heads_per_layer``, or ``num_heads`` everywhere (None);
+  a ValueError for a wrong length or a count outside [0, num_heads]."""
+  if heads_per_layer is None:
+    return (num_heads,) * num_layers
+  heads = tuple(int(h) for h in heads_per_layer)
+  if len(heads) != num_layers or any(not 0 <= h <= num_heads for h in heads):
+    raise ValueError(f'heads_per_layer must hold {num_layers} counts in [0, {num_heads}] (one '
+                     f'per layer), got {tuple(heads_per_layer)}.')
+  return heads
+
+
+def head_columns(kept, head_dim: int, groups: int = 1, heads: int = 0):
+  """The feature indices of the heads ``kept`` in a layer whose features are ordered
+  (groups, heads, head_dim) (``groups`` 3 and ``heads`` the layer's count: a fused QKV)."""
+  kept = np.asarray(kept, int)
+  return np.concatenate([(g * heads + kept[:, None]) * head_dim + np.arange(head_dim)
+                         for g in range(groups)], axis=None).astype(int)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention: Q, K, V dense layers, the quantized products, the output
-  dense layer (``dense`` and ``products``: the layers with their options bound)."""
+  dense layer (``dense`` and ``products``: the layers with their options bound), with
+  ``num_heads`` heads of ``head_dim`` features (0 heads: the output bias only)."""
   num_heads: int
   dense: Any
   products: Any
+  head_dim: int | None = None  # None: hidden size // num_heads
+  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask, train):
+  def __call__(self, x, mask, train, head_mask=None):
     hidden = x.shape[-1]
-    if hidden % self.num_heads:
+    if self.num_heads and self.head_dim is None and hidden % self.num_heads:
       raise ValueError(f'hidden size {hidden} does not split into {self.num_heads} heads.')
-    split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, hidden // self.num_heads)
-    q = split(self.dense(hidden, name='query')(x))
-    k = split(self.dense(hidden, name='key')(x))
-    v = split(self.dense(hidden, name='value')(x))
-    out = self.products(name='dot_product')(q, k, v, mask, train=train)
-    return self.dense(hidden, name='output')(out.reshape(x.shape))
+    if self.num_heads == 0:
+      return OutputBias(hidden, self.dtype, name='output')(x)
+    head_dim = self.head_dim or hidden // self.num_heads
+    width = self.num_heads * head_dim
+    split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, head_dim)
+    q = split(self.dense(width, name='query')(x))
+    k = split(self.dense(width, name='key')(x))
+    v = split(self.dense(width, name='value')(x))
+    out = scale_heads(self.products(name='dot_product')(q, k, v, mask, train=train), head_mask)
+    return self.dense(hidden, name='output')(out.reshape(*x.shape[:-1], width))
 
 
 class Embeddings(nn.Module):
@@ -123,14 +202,15 @@ class BertLayer(nn.Module):
   dense: Any
   products: Any
   dtype: Any = jnp.float32
+  head_dim: int | None = None  # None: hidden size // num_heads
 
   @nn.compact
-  def __call__(self, x, mask, train):
+  def __call__(self, x, mask, train, head_mask=None):
     norm = functools.partial(nn.LayerNorm, epsilon=self.epsilon, dtype=self.dtype,
                              use_fast_variance=False)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    y = SelfAttention(self.num_heads, self.dense, self.products, name='attention')(
-        x, mask, train)
+    y = SelfAttention(self.num_heads, self.dense, self.products, self.head_dim, self.dtype,
+                      name='attention')(x, mask, train, head_mask)
     x = norm(name='attention_norm')(x + drop(y))
     y = self.dense(self.intermediate_size, name='intermediate')(x)
     y = nn.gelu(y, approximate=False)
@@ -142,7 +222,8 @@ class Bert(nn.Module):
   """BERT with a classification head on the pooled [CLS] output; see the module docstring.
 
   ``input_quantizer=None, kernel_quantizer=None`` (and the attention quantizers None) is
-  the float model.
+  the float model. ``heads_per_layer`` and the call's ``head_mask``: see the module
+  docstring.
   """
   num_classes: int = 2
   num_layers: int = 12
@@ -165,16 +246,56 @@ class Bert(nn.Module):
   value_quantizer: Any = None
   embedding_quantizer: Any = None
   quantize_head: bool = False
+  heads_per_layer: Any = None  # None: num_heads in every layer; else one count per layer
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None  # no BatchNorm: kept for the trainer's common options
 
   input_is_tokens: ClassVar[bool] = True  # tools build (batch, length) inputs for it
 
+  def layer_heads(self) -> tuple[int, ...]:
+    """Each encoder layer's number of attention heads."""
+    return layer_heads(self.heads_per_layer, self.num_layers, self.num_heads)
+
+  def shrink_heads(self, variables, keep):
+    """``(smaller model, its variables)`` without the heads where ``keep`` (booleans of
+    shape (num_layers, num_heads); layer i reads its first ``layer_heads()[i]`` columns) is
+    False: Q, K, V lose those heads' output columns, the attention output those rows. Its
+    outputs equal this model's with ``head_mask=keep``."""
+    heads, head_dim = self.layer_heads(), self.hidden_size // self.num_heads
+    keep = np.asarray(keep, bool)
+    if keep.shape != (self.num_layers, self.num_heads):
+      raise ValueError(f'the head mask must have shape (num_layers, num_heads) = '
+                       f'({self.num_layers}, {self.num_heads}), got {keep.shape}.')
+    params = tree_lib.numpy_tree(variables['params'])
+    new_heads = []
+    for i, count in enumerate(heads):
+      kept = np.flatnonzero(keep[i, :count])
+      new_heads.append(len(kept))
+      attention = params[f'layer_{i}']['attention']
+      if count == 0:
+        continue
+      if not len(kept):
+        params[f'layer_{i}']['attention'] = {'output': {'bias': attention['output']['bias']}}
+        continue
+      columns = head_columns(kept, head_dim)
+      for name in ('query', 'key', 'value'):
+        attention[name]['kernel'] = attention[name]['kernel'][:, columns]
+        attention[name]['bias'] = attention[name]['bias'][columns]
+      attention['output']['kernel'] = attention['output']['kernel'][columns, :]
+    small = {**variables, 'params': params}
+    return self.clone(heads_per_layer=tuple(new_heads)), small
+
   @nn.compact
-  def __call__(self, tokens, train: bool = False):
+  def __call__(self, tokens, train: bool = False, head_mask=None):
     ids = jnp.asarray(tokens)
     if ids.ndim != 2:
       raise ValueError(f'BERT takes token ids of shape (batch, length), got {ids.shape}.')
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden size {self.hidden_size} does not split into {self.num_heads} '
+                       'heads.')
+    heads = self.layer_heads()
+    if head_mask is not None:
+      head_mask = check_head_mask(head_mask, ids.shape[0], self.num_layers, self.num_heads)
     if jnp.issubdtype(ids.dtype, jnp.floating):
       ids = jnp.round(ids)
     ids = ids.astype(jnp.int32)
@@ -196,9 +317,11 @@ class Bert(nn.Module):
     x = drop(x)
     mask = attention_mask(ids, self.pad_token_id)
     for i in range(self.num_layers):
-      x = BertLayer(self.num_heads, self.intermediate_size or 4 * self.hidden_size,
+      x = BertLayer(heads[i], self.intermediate_size or 4 * self.hidden_size,
                     self.dropout_rate, self.layer_norm_epsilon, encoder_dense, products,
-                    self.dtype, name=f'layer_{i}')(x, mask, train)
+                    self.dtype, self.hidden_size // self.num_heads, name=f'layer_{i}')(
+                        x, mask, train,
+                        None if head_mask is None else head_mask[..., i, :heads[i]])
     pooled = jnp.tanh(head_dense(self.hidden_size, name='pooler')(x[:, 0]))
     logits = head_dense(self.num_classes, name='classifier')(drop(pooled))
     return logits.astype(jnp.float32)

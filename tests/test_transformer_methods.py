@@ -1,0 +1,465 @@
+"""Binary and distilled BERT methods against their papers' formulas (numpy, float64): BiT's
+elastic binary activation (values and gradients w.r.t. the input, alpha and beta; the
+initial alpha; as a layer's input, Q/K and attention quantizer) and its BWN weights,
+BiBERT's weights, bool and Bi-Attention, its direction-matching distillation (also over 4
+devices), TinyBERT's layer losses and layer mapping, DistilBERT's student initialisation."""
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from mcj.compress.distill import losses
+from mcj.core.config import ConfigError
+from mcj.models.transformers import bert
+from mcj.nn import layers
+from mcj.quant import quantizers
+
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def f64(x):
+  return np.asarray(jnp.asarray(x).astype(jnp.float32), np.float64)
+
+
+def np_sign(x):
+  return np.where(x >= 0, 1.0, -1.0)
+
+
+class Quantize(nn.Module):
+  """Applies a quantizer spec inside a module, as mcj.layers does."""
+  spec: str
+
+  @nn.compact
+  def __call__(self, x):
+    return quantizers.resolve(self.spec)(x)
+
+
+def vjp_of(fn, *args, seed=1):
+  """``fn(*args)`` and the gradients of ``sum(c * fn(*args))`` for a random cotangent c
+  (compiled), and c."""
+  out = jax.eval_shape(fn, *args)
+  c = jnp.asarray(np.random.default_rng(seed).uniform(-2, 2, out.shape), out.dtype)
+
+  @jax.jit
+  def run(args, c):
+    y, vjp = jax.vjp(fn, *args)
+    return y, vjp(c)
+
+  y, grads = run(args, c)
+  return y, grads, f64(c)
+
+
+# ----------------------------------------------------------------------------- BiT activations
+def np_elastic(x, alpha, beta, signed):
+  """BiT eq. 5 forward and the code's backward (eq. 6-7; the alpha gradient's LSQ scale)."""
+  q = (x - beta) / alpha
+  if signed:
+    y = alpha * np_sign(x - beta)
+    inside = (q >= -1) & (q <= 1)
+    dalpha = np_sign(x - beta)
+  else:
+    y = alpha * np.clip(np.round(q), 0, 1)  # np.round: half to even, as torch.round
+    inside = (q >= 0) & (q <= 1)
+    dalpha = np.where(q < 0, 0.0, np.where(q > 1, 1.0, np.round(q) - q))
+  return y, inside * 1.0, dalpha
+
+
+def elastic_points(alpha, beta, signed, seed=0):
+  """Inputs at the clip boundaries, the rounding tie q = 0.5 and random ones."""
+  grid = [-1.5, -1.0, -0.75, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 2.0] if signed else \
+      [-0.5, 0.0, 0.2, 0.5, 0.6, 1.0, 1.5, 3.0]
+  rng = np.random.default_rng(seed)
+  base = np.asarray(grid) * alpha + beta
+  extra = rng.normal(beta, 1.5 * alpha, 40) if signed else rng.uniform(-0.3, 2.5, 40) * alpha
+  return np.concatenate([base, extra]).astype(np.float32).reshape(-1, 1)
+
+
+@pytest.mark.parametrize('signed', [True, False])
+def test_bit_elastic_forward_and_gradients(signed):
+  alpha, beta = 0.5, 0.25  # exact in binary floating point: the grid stays on its points
+  x = jnp.asarray(elastic_points(alpha, beta, signed))
+  model = Quantize(f'bit_elastic(signed={signed})')
+  init = jax.jit(model.init)(jax.random.key(0), x)['params']['ElasticBinary_0']
+  # alpha starts as BiT's AlphaInit: 2 mean|x| (signed) or 4 mean|x| (unsigned); beta at 0.
+  np.testing.assert_allclose(init['alpha'], (2 if signed else 4) * np.abs(f64(x)).mean(),
+                             rtol=1e-6)
+  assert init['beta'].shape == () and float(init['beta']) == 0.0
+  params = {'ElasticBinary_0': {'alpha': jnp.float32(alpha), 'beta': jnp.float32(beta)}}
+  y, (dparams, dx), c = vjp_of(lambda p, x: model.apply({'params': p}, x), params, x)
+  ref_y, inside, dalpha = np_elastic(f64(x), alpha, beta, signed)
+  np.testing.assert_array_equal(f64(y), ref_y)
+  np.testing.assert_allclose(f64(dx), c * inside, **TOL)                       # STE in range
+  grads = dparams['ElasticBinary_0']
+  np.testing.assert_allclose(grads['beta'], -(c * inside).sum(), rtol=1e-5)      # eq. 7
+  np.testing.assert_allclose(grads['alpha'], (c * dalpha).sum() / math.sqrt(x.size),
+                             rtol=1e-5, atol=1e-6)                              # eq. 6
+  values = set(np.unique(ref_y))
+  assert values == ({-alpha, alpha} if signed else {0.0, alpha})
+
+
+def test_bit_elastic_signed_alpha_gradient_is_the_true_derivative():
+  """alpha sign(x - beta) is linear in alpha: the analytic gradient (before the code's
+  1 / sqrt(numel) scale) equals a central finite difference."""
+  x = jnp.asarray(elastic_points(0.7, -0.1, True, seed=3))
+  model = Quantize('bit_elastic')
+  c = np.random.default_rng(2).uniform(0.5, 2, x.shape) * np_sign(f64(x) + 0.1)  # no cancelling
+
+  def objective(alpha):
+    p = {'ElasticBinary_0': {'alpha': alpha, 'beta': jnp.float32(-0.1)}}
+    return jnp.sum(jnp.asarray(c, jnp.float32) * model.apply({'params': p}, x))
+
+  grad = jax.grad(objective)(jnp.float32(0.7)) * math.sqrt(x.size)
+  h = 0.125
+  fd = (float(objective(jnp.float32(0.7 + h))) - float(objective(jnp.float32(0.7 - h)))) / (2 * h)
+  np.testing.assert_allclose(grad, fd, rtol=1e-5)
+  assert fd > 10
+
+
+def test_bit_elastic_thresholds_init_and_dtype():
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 1, (2, 5, 6)), jnp.bfloat16)
+  def init(spec, x):
+    return jax.jit(Quantize(spec).init)(jax.random.key(0), x)['params']['ElasticBinary_0']
+
+  assert init('bit_elastic(threshold="channel")', x)['beta'].shape == (6,)  # per feature
+  assert set(init('bit_elastic(signed=False, threshold="none")', x)) == {'alpha'}
+  model = Quantize('bit_elastic')
+  y = jax.jit(model.apply)({'params': {'ElasticBinary_0': init('bit_elastic', x)}}, x)
+  assert y.dtype == jnp.bfloat16 and len(np.unique(f64(y))) == 2
+  # An all-zero first input: alpha_init, by default 2 sqrt(2 / pi) (a unit-normal input).
+  zeros = jnp.zeros((3, 4))
+  np.testing.assert_allclose(init('bit_elastic', zeros)['alpha'], 2 * math.sqrt(2 / math.pi),
+                             rtol=1e-6)
+  np.testing.assert_allclose(init('bit_elastic(alpha_init=0.3)', zeros)['alpha'], 0.3,
+                             rtol=1e-6)
+  # alpha is clamped at 1e-5 in the computation (the code's eps).
+  tiny = {'ElasticBinary_0': {'alpha': jnp.float32(-1.0), 'beta': jnp.float32(0.0)}}
+  np.testing.assert_allclose(f64(jax.jit(model.apply)({'params': tiny}, x)),
+                             1e-5 * np_sign(f64(x)), rtol=1e-2)
+
+
+def test_bit_elastic_in_layers_becomes_their_params():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0, 1, (2, 5, 8)), jnp.float32)
+  dense = layers.QuantDense(3, input_quantizer='bit_elastic(threshold="channel")',
+                            kernel_quantizer='bit_weight')
+  params = jax.jit(dense.init)(jax.random.key(0), x)['params']
+  assert params['ElasticBinary_0']['beta'].shape == (8,)
+  elastic = params['ElasticBinary_0']
+  xb = float(elastic['alpha']) * np_sign(f64(x) - f64(elastic['beta']))
+  w = f64(params['kernel'])
+  wb = np.abs(w).mean() * np_sign(w - w.mean())
+  np.testing.assert_allclose(f64(jax.jit(dense.apply)({'params': params}, x)), xb @ wb,
+                             rtol=1e-5, atol=1e-5)
+
+  attention = layers.QuantDotProductAttention(
+      query_key_quantizer='bit_elastic(threshold="none")',
+      attention_quantizer='bit_elastic(signed=False, threshold="none")',
+      value_quantizer='bit_elastic(threshold="none")')
+  q, k, v = (jnp.asarray(rng.normal(0, 1, (2, 6, 2, 4)), jnp.float32) for _ in range(3))
+  params = jax.jit(attention.init)(jax.random.key(0), q, k, v)['params']
+  # One alpha per operand: Q, K, the probabilities, V (BiT's clip_query/key/attn/value).
+  assert sorted(params) == [f'ElasticBinary_{i}' for i in range(4)]
+  alpha = [float(params[f'ElasticBinary_{i}']['alpha']) for i in range(4)]
+  np.testing.assert_allclose(alpha[0], 2 * np.abs(f64(q)).mean(), rtol=1e-5)
+  np.testing.assert_allclose(alpha[1], 2 * np.abs(f64(k)).mean(), rtol=1e-5)
+  qb, kb = alpha[0] * np_sign(f64(q)), alpha[1] * np_sign(f64(k))
+  scores = np.einsum('bqhd,bkhd->bhqk', qb, kb) / 2.0
+  probs = np.exp(scores - scores.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  np.testing.assert_allclose(alpha[2], 4 * probs.mean(), rtol=1e-5)
+  ab = alpha[2] * np.clip(np.round(probs / alpha[2]), 0, 1)
+  vb = alpha[3] * np_sign(f64(v))
+  out = jax.jit(attention.apply)({'params': params}, q, k, v)
+  np.testing.assert_allclose(f64(out), np.einsum('bhqk,bkhd->bqhd', ab, vb), rtol=1e-5,
+                             atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- weights
+@pytest.mark.parametrize('per', ['tensor', 'column', 'row'])
+def test_bit_weight_is_bwn(per):
+  w = jnp.asarray(np.random.default_rng(1).normal(0.1, 1.2, (6, 5)), jnp.float32)
+  y, (dw,), c = vjp_of(quantizers.resolve(f'bit_weight(per="{per}")'), w)
+  w64 = f64(w)
+  axes = {'tensor': None, 'column': 0, 'row': 1}[per]
+  scale = np.abs(w64).mean(axis=axes, keepdims=axes is not None)
+  np.testing.assert_allclose(f64(y), scale * np_sign(w64 - w64.mean()), **TOL)  # BwnQuantizer
+  np.testing.assert_allclose(f64(dw), c, **TOL)  # identity gradient, even beyond |W| > 1
+  assert quantizers.resolve('bit_weight').precision == 1
+
+
+def test_bit_weight_differs_from_ste_sign_with_xnor_scale():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(0, 1, (3, 6)), jnp.float32)
+  params = {'kernel': jnp.asarray(rng.normal(0.3, 1.0, (6, 4)), jnp.float32)}
+  bit = layers.QuantDense(4, use_bias=False, kernel_quantizer='bit_weight(per="column")')
+  xnor = layers.QuantDense(4, use_bias=False, kernel_quantizer='ste_sign', kernel_scale='xnor')
+  # The same per-output-unit scale mean|W|, but BWN takes the sign of W - mean(W).
+  w = f64(params['kernel'])
+  np.testing.assert_allclose(f64(xnor.apply({'params': params}, x)),
+                             f64(x) @ (np.abs(w).mean(0) * np_sign(w)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(f64(bit.apply({'params': params}, x)),
+                             f64(x) @ (np.abs(w).mean(0) * np_sign(w - w.mean())), rtol=1e-5,
+                             atol=1e-5)
+  assert np.any(np_sign(w) != np_sign(w - w.mean()))
+
+
+@pytest.mark.parametrize('per', ['column', 'row'])
+def test_bibert_weight(per):
+  w = jnp.asarray(np.random.default_rng(2).normal(0.2, 0.8, (7, 4)), jnp.float32)
+  y, (dw,), c = vjp_of(quantizers.resolve(f'bibert_weight(per="{per}")'), w)
+  axis = 0 if per == 'column' else 1
+  w64 = f64(w)
+  centred = w64 - w64.mean(axis=axis, keepdims=True)
+  np.testing.assert_allclose(
+      f64(y), np.abs(w64).mean(axis=axis, keepdims=True) * np_sign(centred), **TOL)
+  g = c * (np.abs(centred) <= 1)  # clip(W_c, -1, 1), then through W_c = W - mean(W)
+  np.testing.assert_allclose(f64(dw), g - g.mean(axis=axis, keepdims=True), **TOL)
+
+
+# ----------------------------------------------------------------------------- BiBERT attention
+@pytest.mark.parametrize('inclusive', [False, True])
+def test_bibert_bool(inclusive):
+  x = jnp.asarray([-2.0, -1.0, -0.99, -0.5, 0.0, 0.5, 0.99, 1.0, 2.0], jnp.float32)
+  y, (dx,), c = vjp_of(quantizers.resolve(f'bibert_bool(inclusive={inclusive})'), x)
+  x64 = f64(x)
+  if inclusive:  # the paper: 1 for x >= 0, gradient where |x| <= 1
+    ref_y, ref_d = x64 >= 0, np.abs(x64) <= 1
+  else:          # the code: sign then -1 -> 0 (0 at 0), gradient zeroed at |x| >= 1
+    ref_y, ref_d = x64 > 0, np.abs(x64) < 1
+  np.testing.assert_array_equal(f64(y), ref_y * 1.0)
+  np.testing.assert_allclose(f64(dx), c * ref_d, **TOL)
+  assert quantizers.resolve('bibert_bool').precision == 1
+
+
+def bi_attention(q, k, v, mask, score_quantizer):
+  """Bi-Attention from mcj's pieces: bool(sign(Q) sign(K)^T / sqrt(D)) . sign(V), masked
+  scores at the float32 minimum (the hook a layer option would add)."""
+  scores = layers.quant_matmul('...qhd,...khd->...hqk', q, k, 'ste_sign', 'ste_sign')
+  scores = jnp.where(mask, scores / math.sqrt(q.shape[-1]), jnp.finfo(jnp.float32).min)
+  weights = quantizers.resolve(score_quantizer)(scores)
+  return layers.quant_matmul('...hqk,...khd->...qhd', weights, v, None, 'ste_sign')
+
+
+@pytest.mark.parametrize('inclusive', [False, True])
+def test_bi_attention_output_values(inclusive):
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(0, 1, (2, 5, 3, 4)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+  out = bi_attention(q, k, v, mask, f'bibert_bool(inclusive={inclusive})')
+  scores = np.einsum('bqhd,bkhd->bhqk', np_sign(f64(q)), np_sign(f64(k))) / 2.0
+  assert (scores == 0).any()  # even head_dim: ties at 0 happen, where the two forms differ
+  weights = (scores >= 0) if inclusive else (scores > 0)
+  weights = weights & np.asarray(mask)  # masked keys get weight 0 in both forms
+  expected = np.einsum('bhqk,bkhd->bqhd', weights * 1.0, np_sign(f64(v)))
+  np.testing.assert_array_equal(f64(out), expected)
+  # On softmax probabilities (attention_quantizer) bool would give every key weight 1.
+  probs = jax.nn.softmax(jnp.asarray(scores, jnp.float32), axis=-1)
+  assert np.all(f64(quantizers.resolve('bibert_bool')(probs)) == 1.0)
+
+
+# ----------------------------------------------------------------------------- DMD
+def np_dmd(students, teachers):
+  """BiBERT's DMD: sum || P_s / ||P_s|| - P_t / ||P_t|| ||, P = F F^T per head, whole-tensor
+  l2 norms (htqin/BiBERT att_loss_r2b on the Q/K/V similarity scores)."""
+  total = 0.0
+  for s, t in zip(students, teachers):
+    ps = np.einsum('bqhd,bkhd->bhqk', f64(s), f64(s)) / math.sqrt(s.shape[-1])
+    pt = np.einsum('bqhd,bkhd->bhqk', f64(t), f64(t)) / math.sqrt(t.shape[-1])
+    total += np.linalg.norm((ps / np.linalg.norm(ps) - pt / np.linalg.norm(pt)).ravel())
+  return total
+
+
+def qkv(seed, shape=(4, 6, 2, 3), d_teacher=5):
+  rng = np.random.default_rng(seed)
+  students = [rng.normal(0, 1, shape).astype(np.float32) for _ in range(3)]
+  teachers = [rng.normal(0, 2, shape[:3] + (d_teacher,)).astype(np.float32) for _ in range(3)]
+  return students, teachers
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_direction_matching_loss_matches_numpy(seed):
+  students, teachers = qkv(seed)  # head_dim may differ: P is tokens x tokens per head
+  dmd = jax.jit(losses.direction_matching_loss)
+  np.testing.assert_allclose(dmd(students, teachers), np_dmd(students, teachers), rtol=1e-5)
+  # Only directions matter: scaling a feature changes nothing.
+  scaled = [3.0 * s for s in students]
+  np.testing.assert_allclose(dmd(scaled, teachers), np_dmd(students, teachers), rtol=1e-5)
+  # A (batch, tokens, features) tensor is one head.
+  flat = [s.reshape(4, 6, 6) for s in students]
+  flat_t = [t.reshape(4, 6, 10) for t in teachers]
+  np.testing.assert_allclose(dmd(flat, flat_t),
+                             np_dmd([s[:, :, None] for s in flat],
+                                    [t[:, :, None] for t in flat_t]), rtol=1e-5)
+
+
+def test_direction_matching_loss_identical_is_zero_with_finite_gradient():
+  students, _ = qkv(0)
+  value, grad = jax.jit(jax.value_and_grad(
+      lambda s: losses.direction_matching_loss(s, students)))(students)
+  assert abs(float(value)) < 1e-6 and all(np.isfinite(g).all() for g in grad)
+  with pytest.raises(ValueError, match='equal shape'):
+    losses.direction_matching_loss([students[0]], [students[0][:, :, :1]])
+  with pytest.raises(ValueError, match='pair one to one'):
+    losses.direction_matching_loss(students, students[:2])
+
+
+def test_direction_matching_loss_over_devices_is_the_full_batch_loss():
+  assert jax.device_count() == 4
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 1, (8, 5, 6)).astype(np.float32)
+  w = rng.normal(0, 0.5, (6, 8)).astype(np.float32)
+  t = rng.normal(0, 1, (8, 5, 2, 4)).astype(np.float32)
+
+  def loss(w, x, t, axis):
+    f = (x @ w).reshape(*x.shape[:2], 2, 4)
+    return losses.direction_matching_loss([f, 2 * f], [t, t[..., ::-1]], axis_name=axis)
+
+  def step(w, x, t):
+    value, grad = jax.value_and_grad(loss)(w, x, t, 'data')
+    return value, jax.lax.pmean(grad, 'data')
+
+  mesh = Mesh(np.asarray(jax.devices()), ('data',))
+  value, grad = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P('data'), P('data')),
+                                      out_specs=(P(), P()), check_vma=False))(w, x, t)
+  full_value, full_grad = jax.jit(jax.value_and_grad(loss), static_argnums=3)(w, x, t, None)
+  np.testing.assert_allclose(value, full_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, full_grad, rtol=1e-4, atol=1e-6)
+  assert np.abs(full_grad).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- TinyBERT
+def np_mse(a, b):
+  return np.mean((f64(a) - f64(b)) ** 2)
+
+
+def np_soft_ce(s, t, temperature):
+  def log_softmax(z):
+    z = f64(z) / temperature
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+  return np.mean(-np.sum(np.exp(log_softmax(t)) * log_softmax(s), axis=-1))
+
+
+def test_uniform_layer_map():
+  assert losses.uniform_layer_map(4, 12) == (0, 3, 6, 9, 12)  # TinyBERT4: g(m) = 3m
+  assert losses.uniform_layer_map(6, 12) == (0, 2, 4, 6, 8, 10, 12)
+  assert losses.uniform_layer_map(3, 3) == (0, 1, 2, 3)
+  # Per-layer tensors indexed from 0 pair as the codes' i * k + k - 1 (BiBERT, TinyBERT).
+  k = 12 // 4
+  assert [losses.uniform_layer_map(4, 12)[m] - 1 for m in range(1, 5)] == \
+      [i * k + k - 1 for i in range(4)]
+  for bad in [(5, 12), (0, 12), (13, 12)]:
+    with pytest.raises(ValueError, match='uniform mapping'):
+      losses.uniform_layer_map(*bad)
+
+
+def test_tinybert_attention_loss_on_masked_scores():
+  rng = np.random.default_rng(0)
+  s = rng.normal(0, 1, (2, 3, 4, 4)).astype(np.float32)
+  t = rng.normal(0, 1, (2, 3, 4, 4)).astype(np.float32)
+  s[1, :, :, -1] = np.finfo(np.float32).min  # mcj's masked score
+  t[1, :, :, -1] = -10000.0 + t[1, :, :, -1]  # TinyBERT's additive mask
+  s0, t0 = np.where(s <= -100, 0, s), np.where(t <= -100, 0, t)
+  per_head = np.mean([np_mse(s0[:, h], t0[:, h]) for h in range(3)])  # 1/h sum_i MSE (eq. 6)
+  np.testing.assert_allclose(losses.tinybert_attention_loss(s, t), per_head, rtol=1e-5)
+  assert float(losses.tinybert_attention_loss(t, t)) == 0.0
+  with pytest.raises(ValueError, match='equal shape'):
+    losses.tinybert_attention_loss(s, t[:, :2])
+
+
+def test_tinybert_hidden_embedding_and_prediction_losses():
+  rng = np.random.default_rng(1)
+  hs = rng.normal(0, 1, (2, 5, 4)).astype(np.float32)
+  ht = rng.normal(0, 1, (2, 5, 6)).astype(np.float32)
+  w = rng.normal(0, 0.5, (4, 6)).astype(np.float32)
+  b = rng.normal(0, 0.1, (6,)).astype(np.float32)
+  np.testing.assert_allclose(losses.tinybert_hidden_loss(hs, ht, w),
+                             np_mse(f64(hs) @ f64(w), ht), rtol=1e-5)          # eq. 7
+  np.testing.assert_allclose(losses.tinybert_embedding_loss(hs, ht, w, b),
+                             np_mse(f64(hs) @ f64(w) + f64(b), ht), rtol=1e-5)  # eq. 8
+  with pytest.raises(ValueError, match='projected student'):
+    losses.tinybert_hidden_loss(hs, ht, w[:, :5])
+  zs, zt = rng.normal(0, 2, (8, 3)), rng.normal(0, 2, (8, 3))
+  for temperature in (1.0, 2.5):                                                 # eq. 9
+    np.testing.assert_allclose(losses.tinybert_prediction_loss(zs, zt, temperature),
+                               np_soft_ce(zs, zt, temperature), rtol=1e-5)
+  np.testing.assert_allclose(losses.tinybert_prediction_loss(zs, zt),
+                             losses.distribution_loss(zs, zt), rtol=1e-6)
+
+
+def test_tinybert_intermediate_loss_uses_the_uniform_mapping():
+  rng = np.random.default_rng(2)
+  m_layers, n_layers = 2, 6
+  s_scores = [rng.normal(0, 1, (2, 2, 3, 3)).astype(np.float32) for _ in range(m_layers)]
+  t_scores = [rng.normal(0, 1, (2, 2, 3, 3)).astype(np.float32) for _ in range(n_layers)]
+  s_hidden = [rng.normal(0, 1, (2, 3, 4)).astype(np.float32) for _ in range(m_layers + 1)]
+  t_hidden = [rng.normal(0, 1, (2, 3, 5)).astype(np.float32) for _ in range(n_layers + 1)]
+  w, b = rng.normal(0, 0.5, (4, 5)).astype(np.float32), rng.normal(0, 0.1, 5).astype(np.float32)
+  we = rng.normal(0, 0.5, (4, 5)).astype(np.float32)
+  # g(m) = 3m: student layers 1, 2 <-> teacher layers 3, 6 (scores 2, 5; hidden 3, 6).
+  proj = lambda h, w, b: f64(h) @ f64(w) + f64(b)
+  expected = (np_mse(s_scores[0], t_scores[2]) + np_mse(s_scores[1], t_scores[5])
+              + np_mse(proj(s_hidden[0], w, b), t_hidden[0])
+              + np_mse(proj(s_hidden[1], w, b), t_hidden[3])
+              + np_mse(proj(s_hidden[2], w, b), t_hidden[6]))
+  np.testing.assert_allclose(losses.tinybert_intermediate_loss(
+      s_scores, t_scores, s_hidden, t_hidden, w, b), expected, rtol=1e-5)
+  own_embedding = expected - np_mse(proj(s_hidden[0], w, b), t_hidden[0]) + np_mse(
+      f64(s_hidden[0]) @ f64(we), t_hidden[0])
+  np.testing.assert_allclose(losses.tinybert_intermediate_loss(
+      s_scores, t_scores, s_hidden, t_hidden, w, b, embedding_kernel=we), own_embedding,
+      rtol=1e-5)
+  with pytest.raises(ValueError, match='embedding output plus one per layer'):
+    losses.tinybert_intermediate_loss(s_scores, t_scores, s_hidden[1:], t_hidden, w)
+
+
+# ----------------------------------------------------------------------------- DistilBERT
+def test_distilbert_layers():
+  assert losses.distilbert_layers(12) == (0, 2, 4, 7, 9, 11)  # extract_distilbert.py
+  assert losses.distilbert_layers(4) == (0, 3)
+  assert losses.distilbert_layers(24) == (0, 2, 4, 6, 8, 10, 13, 15, 17, 19, 21, 23)
+  assert losses.distilbert_layers(12, 3) == (0, 2, 11)
+  with pytest.raises(ValueError, match='one layer out of two'):
+    losses.distilbert_layers(12, 8)
+
+
+def test_distilbert_init_takes_the_teacher_layers():
+  options = dict(hidden_size=16, num_heads=2, vocab_size=50, max_position_embeddings=16)
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, 50, (2, 7)))
+  teacher = bert.Bert(num_layers=4, **options)
+  t_params = jax.jit(teacher.init)(jax.random.key(0), ids)['params']
+  s_params = losses.distilbert_init(t_params)
+  student = bert.Bert(num_layers=2, **options)
+  expected = jax.eval_shape(student.init, jax.random.key(1), ids)['params']
+  assert jax.tree.structure(s_params) == jax.tree.structure(expected)
+  for j, i in enumerate((0, 3)):
+    jax.tree.map(np.testing.assert_array_equal, s_params[f'layer_{j}'], t_params[f'layer_{i}'])
+  for name in ('embeddings', 'pooler', 'classifier'):
+    jax.tree.map(np.testing.assert_array_equal, s_params[name], t_params[name])
+  logits = jax.jit(student.apply)({'params': s_params}, ids)
+  assert logits.shape == (2, 2) and np.isfinite(f64(logits)).all()
+  # Explicit layers, and variables holding the params.
+  picked = losses.distilbert_init({'params': t_params}, layers=(1, 2))
+  assert sorted(picked) == ['params']
+  jax.tree.map(np.testing.assert_array_equal, picked['params']['layer_0'], t_params['layer_1'])
+  with pytest.raises(ValueError, match='not all among'):
+    losses.distilbert_init(t_params, layers=(0, 4))
+
+
+# ----------------------------------------------------------------------------- specs
+@pytest.mark.parametrize('spec,message', [
+    ('bit_elastic(signed=1)', 'bit_elastic signed must be True or False'),
+    ('bit_elastic(threshold="row")', 'bit_elastic threshold must be one of tensor, channel'),
+    ('bit_elastic(alpha_init=0.0)', 'bit_elastic alpha_init must be a number > 0'),
+    ('bit_weight(per="channel")', "bit_weight per must be 'tensor', 'column' or 'row'"),
+    ('bibert_weight(per="tensor")', "bibert_weight per must be 'column' or 'row'"),
+    ('bibert_bool(inclusive="yes")', 'bibert_bool inclusive must be True or False'),
+])
+def test_bad_options_are_config_errors(spec, message):
+  with pytest.raises(ConfigError) as e:
+    quantizers.resolve(spec)
+  assert message in str(e.value) and '\n' not in str(e.value)
