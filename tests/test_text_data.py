@@ -277,7 +277,8 @@ def test_glue_tasks_on_mock_data(mocked, name):
   config = _config(name=name, data_dir='/unused/by/mock_data', max_length=32,
                    vocab_file=VOCAB)
   info = data_lib.get_dataset_info(config)
-  assert info == data_lib.DatasetInfo(task.num_classes, (32,), MOCK_EXAMPLES, MOCK_EXAMPLES)
+  assert info == data_lib.DatasetInfo(task.num_classes, (32,), MOCK_EXAMPLES, MOCK_EXAMPLES,
+                                      metrics=task.metrics)
   ds = data_lib.get_dataset(config, seed=0)
   assert isinstance(ds, glue.GlueDataset) and ds.info == info
   assert ds.x_train.shape == (MOCK_EXAMPLES, 32) and ds.x_train.dtype == np.int32
@@ -357,3 +358,35 @@ def test_task_metrics():
   assert list(glue.metrics('glue/cola', [0, 1], [0, 1])) == ['matthews_corrcoef']
   out = glue.metrics('glue/stsb', [0.5, 2.0, 4.5], np.array([[0.1], [0.3], [0.2]]))
   assert set(out) == {'pearson', 'spearman'} and out['spearman'] == pytest.approx(0.5)
+
+
+def test_confusion_metrics_equal_sklearns():
+  """The trainer sums a confusion matrix over the eval split; F1 and Matthews from it equal
+  scikit-learn's on the labels."""
+  sklearn_metrics = pytest.importorskip('sklearn.metrics')
+  rng = np.random.default_rng(3)
+  for classes in (2, 3):
+    labels, predictions = rng.integers(0, classes, 200), rng.integers(0, classes, 200)
+    confusion = np.zeros((classes, classes))
+    np.add.at(confusion, (labels, predictions), 1)
+    got = glue.confusion_metrics(confusion, ('accuracy', 'f1', 'matthews_corrcoef'))
+    assert got['accuracy'] == pytest.approx(np.mean(labels == predictions))
+    assert got['matthews_corrcoef'] == pytest.approx(
+        sklearn_metrics.matthews_corrcoef(labels, predictions))
+    if classes == 2:
+      assert got['f1'] == pytest.approx(sklearn_metrics.f1_score(labels, predictions))
+
+
+def test_a_glue_run_reports_its_tasks_metrics(mocked, tmp_path):
+  """A tiny BERT trained on mocked glue/mrpc: the eval reports F1 (MRPC's metric) as the
+  confusion matrix of its predictions gives it."""
+  from mcj.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  config = {'seed': 0, 'batch_size': 8, 'total_steps': 3, 'log_every_steps': 1,
+            'checkpoint_every_steps': 0, 'eval_every_steps': 0,
+            'model': {'name': 'bert_tiny', 'num_layers': 1, 'hidden_size': 32,
+                      'vocab_size': 1100, 'max_position_embeddings': 32},
+            'data': {'name': 'glue/mrpc', 'data_dir': '/unused/by/mock_data',
+                     'max_length': 32, 'vocab_file': VOCAB},
+            'optimizer': {'name': 'adamw', 'lr': 1e-3}}
+  results = train_and_evaluate(config, str(tmp_path))
+  assert 0.0 <= results['eval/f1'] <= 1.0 and 0.0 <= results['eval/accuracy'] <= 1.0

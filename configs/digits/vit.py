@@ -23,6 +23,9 @@ them the float model fits the training set and tests 2 points lower), 60 epochs 
 Expected (seed 0, one run each): float 0.956 test accuracy, `bits=8` 0.964, `bits=1` 0.922
 (196,608 binary params, 99.9% of the 3.5M MACs binary); the architecture is described in
 mcj/models/transformers/vit.py.
+`teacher=DIR`: Hinton KD from the float run in DIR (T = 4, weights 0.5 / 0.5), e.g.
+  python -m mcj.train --config configs/digits/vit.py:bits=1,teacher=/tmp/mcj/digits_vit \
+      --workdir /tmp/mcj/digits_vit_b1_kd
 Variants: `:runlocal` trains for a few steps only (a smoke test).
 """
 from mcj.core.config import ConfigError, parse_arg
@@ -39,10 +42,10 @@ QUANTIZED = {
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, bits=32, runlocal=False)
+  arg = parse_arg(arg, bits=32, teacher='', runlocal=False)
   if arg.bits not in QUANTIZED:
     raise ConfigError(f'bits must be 1, 8 or 32, got {arg.bits!r}.')
-  return {
+  config = {
       'seed': 0,
       'batch_size': 128,
       'total_epochs': 2.0 if arg.runlocal else 60.0,
@@ -57,3 +60,7 @@ def get_config(arg=None):
       'eval_every_steps': 0,
       'checkpoint_every_steps': 500,
   }
+  if arg.teacher:
+    config['distill'] = {'teachers': ({'init_from': arg.teacher},), 'label_weight': 0.5,
+                         'logit_loss': 'kd', 'logit_weight': 0.5, 'temperature': 4.0}
+  return config

@@ -11,6 +11,7 @@ class DatasetInfo:
   image_shape: tuple  # (height, width, channels) of the model input
   num_train_examples: int
   num_eval_examples: int
+  metrics: tuple = ()  # eval metrics beyond accuracy the task is scored by (GLUE: f1, ...)
 
 
 def host_slice(global_batch_size: int, process_index: int, process_count: int) -> slice:

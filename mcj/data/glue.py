@@ -114,10 +114,29 @@ def matthews_corrcoef(labels, predictions) -> float:
   k = len(classes)
   confusion = np.zeros((k, k), np.float64)
   np.add.at(confusion, (both[:len(labels)], both[len(labels):]), 1)
+  return matthews_of_confusion(confusion)
+
+
+def matthews_of_confusion(confusion) -> float:
+  """Matthews correlation of a confusion matrix (rows true, columns predicted)."""
+  confusion = np.asarray(confusion, np.float64)
   t, p = confusion.sum(axis=1), confusion.sum(axis=0)
   c, s = np.trace(confusion), confusion.sum()
   denominator = math.sqrt((s * s - p @ p) * (s * s - t @ t))
   return float((c * s - t @ p) / denominator) if denominator else 0.0
+
+
+def confusion_metrics(confusion, names) -> dict:
+  """``names`` (of accuracy, f1, matthews_corrcoef) from a confusion matrix summed over
+  the eval split (rows true, columns predicted; F1 of class 1): what the trainer's eval
+  step can add up over devices and batches."""
+  confusion = np.asarray(confusion, np.float64)
+  tp = confusion[1, 1] if len(confusion) > 1 else 0.0
+  wrong = confusion[1].sum() + confusion[:, 1].sum() - 2 * tp if len(confusion) > 1 else 0.0
+  found = {'accuracy': lambda: float(np.trace(confusion) / max(confusion.sum(), 1.0)),
+           'f1': lambda: float(2 * tp / (2 * tp + wrong)) if tp + wrong else 0.0,
+           'matthews_corrcoef': lambda: matthews_of_confusion(confusion)}
+  return {name: found[name]() for name in names if name in found}
 
 
 def pearson(x, y) -> float:
@@ -230,7 +249,8 @@ def info_of(data_config, num_train: int, num_eval: int) -> data_lib.DatasetInfo:
   task = get_task(data_config.get('name'))
   length = text_lib.max_length(data_config, DEFAULT_MAX_LENGTH)
   return data_lib.DatasetInfo(num_classes=task.num_classes, image_shape=(length,),
-                              num_train_examples=num_train, num_eval_examples=num_eval)
+                              num_train_examples=num_train, num_eval_examples=num_eval,
+                              metrics=task.metrics)
 
 
 class GlueDataset(data_lib.InMemoryDataset):

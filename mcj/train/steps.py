@@ -97,8 +97,10 @@ def make_train_step(exp):
 
 
 def make_eval_step(exp):
-  """``eval_step(state, batch) -> sums`` (loss, correct, top-5, count) over the devices."""
+  """``eval_step(state, batch) -> sums`` (loss, correct, top-5, count; the confusion
+  matrix when the dataset is scored by F1 or Matthews) over the devices."""
   model, total_steps, num_classes = exp.model, exp.total_steps, exp.info.num_classes
+  confusion = bool(set(exp.info.metrics) & {'f1', 'matthews_corrcoef'})
 
   def eval_step(state, batch):
     # Scheduled quantizers evaluate as trained so far (1.0, i.e. final, at the last step).
@@ -111,7 +113,10 @@ def make_eval_step(exp):
             'correct': (jnp.argmax(logits, -1) == labels) * mask,
             'top5': jnp.any(top5 == labels[:, None], axis=-1) * mask,
             'count': mask}
-    return jax.lax.psum(jax.tree.map(jnp.sum, sums), AXIS)
+    if confusion:  # (true, predicted) counts: F1 and Matthews need the whole split
+      sums['confusion'] = jnp.einsum('b,bi,bj->bij', mask, jax.nn.one_hot(labels, num_classes),
+                                     jax.nn.one_hot(jnp.argmax(logits, -1), num_classes))
+    return jax.lax.psum(jax.tree.map(lambda v: jnp.sum(v, axis=0), sums), AXIS)
 
   return eval_step
 

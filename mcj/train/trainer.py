@@ -183,6 +183,9 @@ def evaluate(exp: Experiment, p_eval_step, state) -> dict:
          'eval/accuracy': float(totals['correct']) / count}
   if exp.info.num_classes > 10:
     out['eval/top5_accuracy'] = float(totals['top5']) / count
+  if 'confusion' in totals:  # GLUE's F1 / Matthews
+    out.update({f'eval/{k}': v for k, v in data_lib.glue.confusion_metrics(
+        totals['confusion'], exp.info.metrics).items() if k != 'accuracy'})
   return out
 
 
