@@ -22,7 +22,8 @@ LAYERS = [
     {'mcj.compress'},
     {'mcj.train'},
     {'mcj.search', 'mcj.weights'},  # search composes the trainer; weights: peers' files in
-    {'mcj.summary', 'mcj.sweep', 'mcj.bench', 'mcj.latency_server', 'mcj.evaluate'},  # the apps
+    {'mcj.summary', 'mcj.sweep', 'mcj.bench', 'mcj.latency_server', 'mcj.evaluate',
+     'mcj.prune_heads'},  # the apps
 ]
 
 

@@ -319,3 +319,25 @@ def test_trainer_prunes_heads_at_the_end_and_saves_the_rebuilt_model(tmp_path):
       small_model.apply(checkpoint.load_variables(str(tmp_path / 'rebuilt')), x),
       big_model.apply({'params': big['params']}, x, head_mask=keep), rtol=1e-5, atol=1e-5)
   assert os.path.isdir(tmp_path / 'rebuilt' / 'checkpoints')
+
+
+def test_prune_heads_curve_of_a_trained_vit(tmp_path, capsys):
+  """python -m mcj.prune_heads on a trained ViT run: fraction 0 rebuilds the run itself
+  (its accuracy is the run's), 0.5 keeps half the heads with fewer params."""
+  from mcj import prune_heads  # pylint: disable=g-import-not-at-top
+  from mcj.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mcj.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config(os.path.join(root, 'configs/digits/vit.py:runlocal'))
+  config.model.num_layers, config.model.hidden_size = 2, 32
+  workdir = str(tmp_path / 'vit')
+  results = train_and_evaluate(config, workdir)
+  assert prune_heads.main(['--workdir', workdir, '--fractions', '0,0.5', '--batches', '2']) == 0
+  rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+          if line.startswith('{"fraction"')]
+  assert [r['fraction'] for r in rows] == [0.0, 0.5]
+  assert rows[0]['eval/accuracy'] == pytest.approx(results['eval/accuracy'])
+  assert rows[0]['heads_kept'] == 8 and rows[1]['heads_kept'] == 4
+  assert rows[1]['params'] < rows[0]['params']
+  assert json.load(open(os.path.join(workdir, 'heads_curve.json'))) == rows
+  assert prune_heads.main(['--workdir', workdir, '--fractions', '1.0']) == 2
