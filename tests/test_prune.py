@@ -547,3 +547,17 @@ def test_prune_a_binary_student_while_distilling(tmp_path):
   binary = params['layer1_0']['conv1']['kernel']
   assert float((binary == 0).mean()) == pytest.approx(0.5, abs=1e-3)
   assert results['binary_params'] > 0 and 0.3 < results['sparsity'] < 0.5
+
+
+def test_transformer_targets_are_its_dense_layers_not_its_tables():
+  """BERT: the embedding tables are lookups, never pruned; the first layer excluded is the
+  word embedding and the last the classifier, so every encoder dense layer and the pooler
+  are targets."""
+  from mcj.compress.prune import targets as targets_lib  # pylint: disable=g-import-not-at-top
+  from mcj.models import get_model as get  # pylint: disable=g-import-not-at-top
+  model = get('bert_tiny', num_classes=2, num_layers=1, hidden_size=32, vocab_size=200,
+              max_position_embeddings=16)
+  names = [t.name for t in targets_lib.find_targets(model, (16,))]
+  assert names == [f'layer_0/{n}/kernel' for n in ('attention/query', 'attention/key',
+                                                   'attention/value', 'attention/output',
+                                                   'intermediate', 'output')] + ['pooler/kernel']

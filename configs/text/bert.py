@@ -14,11 +14,13 @@ Model: `bert_tiny`'s encoder (2 layers, width 128, 2 heads; Turc et al. 2019's B
 over that vocab, trained from scratch here (no pre-training: the number to beat is the
 majority class, 0.578, and a bag-of-words baseline).
 Precision (`bits`): 32 the float model; `bits=8`: LSQ 8-bit (Esser et al. 2020) on every
-encoder matmul's weights and inputs and on both attention products (Q8BERT-style 8-bit
-BERT with learned steps); `bits=1`: BiT-style (Liu et al. 2022) binarization of the
-encoder: sign inputs and weights x per-channel mean|W| in every dense layer, sign Q, K, V,
-and the softmax probabilities to {0, s} with a learned s; embeddings, pooler and
-classifier stay float.
+encoder matmul's weights and inputs, on both attention products and on the word embedding
+table (Q8BERT-style 8-bit BERT, Zafrir et al. 2019, with learned steps; pooler and
+classifier float); `bits=1`: BiT-style (Liu et al. 2022) binarization of the encoder
+(W1-A1, embeddings float): sign inputs and weights x per-channel mean|W| in every dense
+layer, sign Q, K, V, and the softmax probabilities to {0, s} with a learned s; pooler and
+classifier float. configs/text/bit.py is BiT's own recipe (elastic quantizers, multi-step
+distillation).
 Recipe: AdamW lr 1e-3 (3e-4 is BERT's fine-tuning rate, for pre-trained weights), 10% linear
 warmup then linear decay, weight decay 0.01, dropout 0.1, batch 32, 4 epochs.
 `teacher=DIR`: Hinton KD from the float run in DIR (T = 1 on the logits, weights 0.5 / 0.5).
@@ -32,7 +34,7 @@ QUANTIZED = {
         'attention_quantizer': 'lsq(bits=1, signed=False)', 'value_quantizer': 'ste_sign'},
     8: {'input_quantizer': 'lsq(bits=8)', 'kernel_quantizer': 'lsq(bits=8)',
         'query_key_quantizer': 'lsq(bits=8)', 'attention_quantizer': 'lsq(bits=8, signed=False)',
-        'value_quantizer': 'lsq(bits=8)'},
+        'value_quantizer': 'lsq(bits=8)', 'embedding_quantizer': 'lsq(bits=8)'},
     32: {},
 }
 VOCAB, LENGTH = 8000, 64

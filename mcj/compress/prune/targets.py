@@ -1,6 +1,8 @@
 """Which params a pruner may touch: the kernels of conv and dense layers, in call order.
 
-By default without the first and the last layer (``exclude_first_last``), filtered by
+Lookup tables (a transformer's embeddings, ``QuantEmbed``: a row per token, not a weight
+that multiplies) are never targets. By default without the first and the last layer
+(``exclude_first_last``; a BERT's first is its word embedding), filtered by
 regular expressions on their path (``include``, ``exclude``; e.g. ``'stage1/.*'``). Each
 ``Target`` also knows the per-channel params that follow its output channels (its bias, the
 BatchNorm applied to its output), which channel pruning masks with it. Algorithms narrow
@@ -13,6 +15,7 @@ import flax.linen as nn
 
 from mcj.core import tree as tree_lib
 from mcj.nn import inspect
+from mcj.nn import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Target:
   depthwise: bool
   followers: tuple[tuple[str, ...], ...] = ()
   bn_scale: tuple[str, ...] | None = None
+  table: bool = False  # an embedding table: found, then left out
 
   @property
   def name(self) -> str:
@@ -53,9 +57,10 @@ def find_targets(model: nn.Module, image_shape, *, include=(), exclude=(),
         bn_scale = later.path + ('scale',) if 'scale' in bn else None
         break
     kernels.append(Target(module.path + ('kernel',), tuple(kernel.shape), depthwise,
-                          tuple(followers), bn_scale))
+                          tuple(followers), bn_scale, isinstance(module, layers.QuantEmbed)))
   if exclude_first_last:
     kernels = kernels[1:-1]
+  kernels = [t for t in kernels if not t.table]
   if include:
     kernels = [t for t in kernels if any(re.search(p, t.name) for p in include)]
   kernels = [t for t in kernels if not any(re.search(p, t.name) for p in exclude)]
