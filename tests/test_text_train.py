@@ -40,3 +40,27 @@ def test_one_and_four_devices_give_the_same_bert_losses(tmp_path, bits):
   # The 1-bit model is chaotic in float32: the devices' other summation order rounds a few
   # latent values across a sign's 0 (measured: 4e-4 relative by step 12).
   np.testing.assert_allclose(b, a, rtol=2e-4 if bits == 32 else 2e-3)
+
+
+@needs_scattertext
+@pytest.mark.slow
+def test_an_imported_hf_bert_is_a_teacher_and_a_start(tmp_path):
+  """A converted Hugging Face checkpoint (tests/fixtures/transformers/bert) is a
+  distillation teacher of a smaller student and the init_from of a fine-tuning run, both
+  tokenizing with the checkpoint's vocab.txt kept in its workdir."""
+  from mcj.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  from mcj.weights.__main__ import convert_file  # pylint: disable=g-import-not-at-top
+  teacher = str(tmp_path / 'hf')
+  converted = convert_file('hf:bert', os.path.join(ROOT, 'tests', 'fixtures', 'transformers',
+                                                   'bert'), teacher, data='rotten_tomatoes',
+                           data_options={'max_length': 16}, say=lambda *a: None)
+  common = {'seed': 0, 'batch_size': 8, 'total_steps': 2, 'log_every_steps': 1,
+            'checkpoint_every_steps': 0, 'eval_every_steps': 0, 'data': converted['data'],
+            'optimizer': {'name': 'adamw', 'lr': 1e-4}}
+  student = {**common, 'model': dict(converted['model'], num_layers=1),
+             'distill': {'teachers': ({'init_from': teacher},), 'label_weight': 0.5,
+                         'logit_loss': 'kd', 'logit_weight': 0.5, 'temperature': 1.0}}
+  out = train_and_evaluate(student, str(tmp_path / 'student'))
+  assert 0.0 <= out['eval/accuracy'] <= 1.0
+  finetune = {**common, 'model': converted['model'], 'init_from': teacher}
+  assert train_and_evaluate(finetune, str(tmp_path / 'finetune'))['step'] == 2
