@@ -425,7 +425,8 @@ def test_pact_forward_and_alpha_gradient(bits, dtype):
 PRECISIONS = {'ste_sign': 1, 'approx_sign': 1, 'swish_sign': 1, 'magnitude_aware_sign': 1,
               'ste_heaviside': 1, 'hard_sign': 1, 'ste_tern': 2, 'dorefa': 2, 'ede': 1,
               'irnet_weight': 1, 'bnext_weight': 1, 'lsq': 4, 'pact': 4, 'noop': 32,
-              'bit_elastic': 1, 'bit_weight': 1, 'bibert_weight': 1, 'bibert_bool': 1}
+              'bit_elastic': 1, 'bit_weight': 1, 'bibert_weight': 1, 'bibert_bool': 1,
+              'uniform': 8}
 
 
 def test_every_registered_quantizer_has_its_precision():
@@ -532,3 +533,39 @@ class OneConv(nn.Module):
   def __call__(self, x, train=False):
     return layers.QuantConv(4, 3, input_quantizer='hard_sign',
                             kernel_quantizer=self.kernel_quantizer, name='conv')(x)
+
+
+def test_uniform_is_symmetric_linear_quantization_per_tensor_and_channel():
+  """Q8BERT's scheme: s = max|x| / 127, q = round(x / s) s; per channel, each column's own
+  max; the gradient passes straight through."""
+  x = np.array([[0.5, -2.0, 0.01], [1.0, 0.25, -0.04]], np.float32)
+  q = quantizers.resolve('uniform(bits=8)')
+  s = 2.0 / 127
+  np.testing.assert_allclose(q(jnp.asarray(x)), np.round(x / s) * s, rtol=1e-6)
+  qc = quantizers.resolve('uniform(bits=4, per_channel=True)')
+  sc = np.abs(x).max(axis=0) / 7
+  np.testing.assert_allclose(qc(jnp.asarray(x)), np.round(x / sc) * sc, rtol=1e-6)
+  np.testing.assert_allclose(jax.grad(lambda v: jnp.sum(qc(v) * 3.0))(jnp.asarray(x)),
+                             np.full_like(x, 3.0))
+  assert quantizers.resolve('uniform(bits=4)').precision == 4
+
+
+def test_lsq_per_channel_has_a_step_per_output_channel():
+  """A step per last-axis channel, each initialised from its channel (2 mean|x| / sqrt(Qp))
+  and its gradient summed over that channel only (eq. 3, g = 1 / sqrt(n_channel Qp))."""
+  class Layer(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return quantizers.resolve('lsq(bits=4, per_channel=True)')(x)
+
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32))
+  params = Layer().init(jax.random.key(0), x)['params']
+  (name,) = params
+  step = params[name]['step']
+  qp = 7
+  np.testing.assert_allclose(step, 2 * np.abs(np.asarray(x)).mean(axis=0) / np.sqrt(qp),
+                             rtol=1e-6)
+  grad = jax.grad(lambda p: jnp.sum(Layer().apply({'params': p}, x)))(params)[name]['step']
+  v = np.asarray(x) / np.asarray(step)
+  dstep = np.where(v <= -8, -8, np.where(v >= qp, qp, np.round(v) - v))
+  np.testing.assert_allclose(grad, dstep.sum(axis=0) / np.sqrt(6 * qp), rtol=1e-5)

@@ -25,7 +25,8 @@ hard_sign                   BNext activation sign, straight-through gradient on 
 bnext_weight                BNext weights: temperature-annealed clip -> sign
 ede                         IR-Net sign with the error-decay estimator
 irnet_weight                IR-Net weights: per-filter balance, EDE sign, 2^n scale
-lsq                         LSQ k-bit with a learned step size
+lsq                         LSQ k-bit with a learned step size (per tensor or per channel)
+uniform                     symmetric k-bit with the tensor's own range (per tensor or channel)
 pact                        PACT k-bit activations with a learned clipping level
 bit_elastic                 BiT elastic binary activation: learned scale and threshold
 bit_weight                  BiT weights (BWN): mean|W| x sign(W - mean W), identity grad
@@ -522,7 +523,9 @@ def _lsq_bwd(qn, qp, grad_scale, residuals, g):
   g32 = g.astype(jnp.float32)
   dx = g32 * ((v >= -qn) & (v <= qp))
   dstep = jnp.where(v <= -qn, -qn, jnp.where(v >= qp, qp, jnp.round(v) - v))
-  return dx.astype(x.dtype), (jnp.sum(g32 * dstep) * grad_scale).astype(step.dtype)
+  # One step per tensor, or per channel (last axis): the gradient sums over what it scales.
+  axes = tuple(range(x.ndim - step.ndim))
+  return dx.astype(x.dtype), (jnp.sum(g32 * dstep, axis=axes) * grad_scale).astype(step.dtype)
 
 
 _lsq.defvjp(_lsq_fwd, _lsq_bwd)
@@ -537,7 +540,9 @@ class LSQ(nn.Module):
   (eq. 3), summed and scaled by ``g = 1 / sqrt(numel(x) Qp)``.
 
   ``s`` is initialised as the paper does from the first input it sees, ``2 mean|x| /
-  sqrt(Qp)``: for a kernel that is the initialised kernel. An all-zero first input (the
+  sqrt(Qp)``: for a kernel that is the initialised kernel. ``per_channel``: one step per
+  channel of the last axis (a kernel's output channels), each initialised from its own
+  channel and with ``g = 1 / sqrt(numel per channel Qp)``. An all-zero first input (the
   dummy batch ``model.init`` usually gets) gives no information, so then ``step_init`` is
   used, by default ``2 sqrt(2/pi) / sqrt(Qp)``: the paper's formula for a unit-normal input
   (activations after batch norm).
@@ -545,30 +550,36 @@ class LSQ(nn.Module):
   bits: int = 4
   signed: bool = True
   step_init: float | None = None
+  per_channel: bool = False
 
   @nn.compact
   def __call__(self, x):
     qn, qp = _lsq_levels(self.bits, self.signed)
     fallback = (self.step_init if self.step_init is not None
                 else 2 * math.sqrt(2 / math.pi) / math.sqrt(qp))
+    axes = tuple(range(x.ndim - 1)) if self.per_channel else None
 
     def init(rng):
       del rng
-      from_data = 2 * jnp.mean(jnp.abs(x.astype(jnp.float32))) / math.sqrt(qp)
+      from_data = 2 * jnp.mean(jnp.abs(x.astype(jnp.float32)), axis=axes) / math.sqrt(qp)
       return jnp.where(from_data > 0, from_data, jnp.float32(fallback))
 
     step = self.param('step', init)
-    return _lsq(x, step, qn, qp, 1 / math.sqrt(x.size * qp))
+    per_step = x.size // (x.shape[-1] if self.per_channel else 1)
+    return _lsq(x, step, qn, qp, 1 / math.sqrt(per_step * qp))
 
 
 @registry.register('quantizer', 'lsq')
-def lsq(bits: int = 4, signed: bool = True, step_init: float | None = None) -> Quantizer:
+def lsq(bits: int = 4, signed: bool = True, step_init: float | None = None,
+        per_channel: bool = False) -> Quantizer:
   """LSQ k-bit quantizer with a learned step size (Esser et al. 2020); see ``LSQ``.
 
   ``signed=True`` for weights and signed activations (levels -2^(b-1) .. 2^(b-1) - 1),
-  ``False`` for non-negative activations (0 .. 2^b - 1).
+  ``False`` for non-negative activations (0 .. 2^b - 1); ``per_channel=True``: a step per
+  channel of the last axis.
   """
   signed = _flag('lsq', 'signed', signed)
+  per_channel = _flag('lsq', 'per_channel', per_channel)
   _check(isinstance(bits, numbers.Integral) and not isinstance(bits, bool)
          and bits >= (2 if signed else 1),
          f'lsq needs an integer bits >= {2 if signed else 1} (signed={signed}), got {bits!r}.')
@@ -576,9 +587,39 @@ def lsq(bits: int = 4, signed: bool = True, step_init: float | None = None) -> Q
   step_init = None if step_init is None else _number('lsq', 'step_init', step_init)
 
   def quantize(x):
-    return LSQ(bits, signed, step_init)(x)
+    return LSQ(bits, signed, step_init, per_channel)(x)
 
   return _with_precision(quantize, bits)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _uniform(x, bits, per_channel):
+  qp = 2 ** (bits - 1) - 1
+  axes = tuple(range(x.ndim - 1)) if per_channel else None
+  x32 = x.astype(jnp.float32)
+  scale = jnp.max(jnp.abs(x32), axis=axes, keepdims=per_channel) / qp
+  scale = jnp.where(scale > 0, scale, 1.0)
+  return (jnp.round(x32 / scale) * scale).astype(x.dtype)
+
+
+_uniform.defvjp(lambda x, bits, per_channel: (_uniform(x, bits, per_channel), None),
+                lambda bits, per_channel, _, g: (g,))
+
+
+@registry.register('quantizer', 'uniform')
+def uniform(bits: int = 8, per_channel: bool = False) -> Quantizer:
+  """Symmetric uniform (linear) quantization with the range of the tensor itself (Jacob et
+  al. 2018's symmetric scheme; Q8BERT's, Zafrir et al. 2019, eq. 1-2): ``q = round(x / s)
+  s`` with ``s = max|x| / (2^(b-1) - 1)`` over the tensor, or per channel of the last axis
+  (``per_channel``); the gradient is the straight-through identity (every value is inside
+  the range). For activations this is dynamic quantization (the range of each batch);
+  Q8BERT keeps an EMA of the activations' range instead.
+  """
+  per_channel = _flag('uniform', 'per_channel', per_channel)
+  _check(isinstance(bits, numbers.Integral) and not isinstance(bits, bool) and bits >= 2,
+         f'uniform needs an integer bits >= 2, got {bits!r}.')
+  bits = int(bits)
+  return _with_precision(lambda x: _uniform(x, bits, per_channel), bits)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
