@@ -59,6 +59,18 @@ def train_losses(workdir):
   return {m['step']: m['train/loss'] for m in read_metrics(workdir) if 'train/loss' in m}
 
 
+def losses_on_devices(args, tmp_path, devices=(1, 4)) -> dict:
+  """{device count: {step: train/loss}} of ``python -m mcj.train ARGS`` run once per
+  device count (each in ``tmp_path/d<count>``)."""
+  out = {}
+  for count in devices:
+    workdir = str(tmp_path / f'd{count}')
+    proc = run_cli(list(args) + ['--workdir', workdir], devices=count)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out[count] = train_losses(workdir)
+  return out
+
+
 def run_cli(args, devices=1, module='mcj.train', **kwargs):
   """``python -m mcj.train ARGS`` in a subprocess, waited for."""
   return subprocess.run([sys.executable, '-m', module, *args], env=cpu_env(devices),

