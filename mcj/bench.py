@@ -10,6 +10,13 @@ each timed step waits for its result). ``--max_batch``
 doubles the batch from ``--batch_size`` until it no longer fits, and reports each size.
 Prints one JSON object per measured batch size.
 
+Token models (BERT) run on synthetic token ids of ``--seq_len`` tokens; ``--bits 8|1``
+makes a transformer 8-bit or binary (``mcj.models.transformers.precision``), so float and
+binary are measured side by side:
+
+  python -m mcj.bench --model bert_base --seq_len 128 --bits 1 --batch_size 64 --max_batch
+  python -m mcj.bench --model vit_base --image_size 224 --bits 1 --batch_size 64 --max_batch
+
 ``--teacher NAME`` measures distillation: the student alone, the distillation step (a
 frozen, randomly initialised ``NAME`` in the same data-parallel step, Hinton KD) and the
 teacher's forward pass alone, and reports the step time the teacher adds next to its
@@ -30,19 +37,21 @@ import numpy as np
 from mcj.core import parallel
 from mcj.core.config import ConfigError
 from mcj.models import get_model
+from mcj.models.transformers import precision
 from mcj.train import trainer
 from mcj.train.schema import merge_config
 
 
 def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
-            optimizer='sgd', model_options=None, teacher=None) -> dict:
-  """img/s over the last third of ``steps`` train steps (after compile and warm-up)."""
+            optimizer='sgd', model_options=None, teacher=None, seq_len=None) -> dict:
+  """img/s (examples/s) over the last third of ``steps`` train steps (after compile and
+  warm-up); ``seq_len``: token ids of that length instead of images."""
   log_every = max(steps // 3, 1)
   config = {
       'batch_size': batch_size, 'total_steps': log_every * 3,
       'model': {'name': model, **(model_options or {})},
       'data': {'name': 'synthetic', 'image_size': image_size, 'num_classes': num_classes,
-               'num_eval_examples': batch_size},
+               'num_eval_examples': batch_size, 'max_length': seq_len},
       'optimizer': {'name': optimizer},
       'compute_dtype': compute_dtype, 'log_every_steps': log_every,
       'checkpoint_every_steps': 0,
@@ -64,7 +73,9 @@ def measure(model, batch_size, image_size, num_classes, compute_dtype, steps,
     state, metrics = p_train_step(state, device_batches[i % 2], teachers)
   jax.block_until_ready(metrics)
   img_per_sec = batch_size * log_every / (time.perf_counter() - start)
-  return {'model': model, 'image_size': image_size, 'batch_size': batch_size,
+  shape = {'seq_len': seq_len} if seq_len else {'image_size': image_size}
+  return {'model': model, **shape, 'model_options': model_options or {},
+          'batch_size': batch_size,
           'compute_dtype': compute_dtype, 'device': jax.devices()[0].device_kind,
           'devices': jax.device_count(), 'img_per_sec': round(img_per_sec, 1),
           'img_per_sec_per_device': round(img_per_sec / jax.device_count(), 1),
@@ -130,6 +141,10 @@ def main(argv=None) -> int:
                       help='double the batch until it does not fit; report each size')
   parser.add_argument('--teacher', default='',
                       help='a model name: compare the student alone with distillation from it')
+  parser.add_argument('--seq_len', type=int, default=None,
+                      help='token models: synthetic token ids of this length')
+  parser.add_argument('--bits', type=int, default=32, choices=sorted(precision.QUANTIZED),
+                      help='transformers: 8-bit or binary (models/transformers/precision.py)')
   args = parser.parse_args(argv)
   for flag in ('batch_size', 'steps', 'image_size', 'num_classes'):
     if getattr(args, flag) < 1:
@@ -144,7 +159,9 @@ def main(argv=None) -> int:
     while True:
       try:
         result = measure(args.model, batch, args.image_size, args.num_classes,
-                         args.compute_dtype, args.steps, args.optimizer)
+                         args.compute_dtype, args.steps, args.optimizer,
+                         model_options=precision.options(args.bits) or None,
+                         seq_len=args.seq_len)
       except Exception as e:  # pylint: disable=broad-except
         if not _out_of_memory(e):
           raise

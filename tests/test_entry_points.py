@@ -82,6 +82,26 @@ def test_bench_reports_throughput():
   assert result['img_per_sec'] > 0 and result['devices'] == 4 and result['steps_timed'] == 2
 
 
+def test_bench_measures_a_binary_bert_on_token_ids():
+  """--seq_len feeds synthetic token ids ([CLS] then random ids, no padding); --bits 1 is the
+  binary precision of mcj/models/transformers/precision.py."""
+  from mcj import data as data_lib  # pylint: disable=g-import-not-at-top
+  from mcj.models.transformers import precision  # pylint: disable=g-import-not-at-top
+  tiny_bert = {'num_layers': 1, 'hidden_size': 32, 'vocab_size': 300,
+               'max_position_embeddings': 16}
+  result = bench.measure('bert_tiny', batch_size=8, image_size=0, num_classes=2,
+                         compute_dtype='float32', steps=3, seq_len=16,
+                         model_options={**tiny_bert, **precision.options(1)})
+  assert result['img_per_sec'] > 0 and result['seq_len'] == 16
+  assert result['model_options']['kernel_quantizer'] == 'ste_sign'
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  ds = data_lib.get_dataset(ml_collections.ConfigDict(
+      {'name': 'synthetic', 'max_length': 16, 'vocab_size': 300, 'num_classes': 2}), seed=0)
+  ids = next(ds.train_batches(0, 8))['image']
+  assert ds.info.image_shape == (16,) and ids.dtype == np.int32
+  assert (ids[:, 0] == 101).all() and ids[:, 1:].min() >= 104 and ids.max() < 300
+
+
 def test_bfloat16_compute_and_top5_eval(tmp_path):
   """bf16 compute keeps float32 params; more than 10 classes adds top-5 accuracy."""
   config = {'batch_size': 16, 'total_steps': 2, 'compute_dtype': 'bfloat16',
