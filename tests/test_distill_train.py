@@ -133,7 +133,7 @@ def test_teacher_spec_errors(teacher_dir):
   with pytest.raises(ConfigError, match='Unknown distill.feature_loss'):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], feature_loss='atention')
   with pytest.raises(ConfigError, match=r"^Unknown distill\.logit_loss 'kl'\. "
-                     r"Valid: dist, distribution, kd\.$"):
+                     r"Valid: dist, distribution, kd, soft_ce\.$"):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss='kl')
   with pytest.raises(ConfigError, match="logit_loss='distribution' takes no temperature"):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss='distribution',

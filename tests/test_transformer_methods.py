@@ -450,6 +450,26 @@ def test_distilbert_init_takes_the_teacher_layers():
     losses.distilbert_init(t_params, layers=(0, 4))
 
 
+def test_init_from_layers_and_partial_in_the_config_and_the_trainer():
+  from mcj.train import trainer
+  from mcj.train.schema import merge_config
+  base = {'model': {'name': 'bert_tiny'}, 'total_steps': 1}
+  with pytest.raises(ConfigError, match=r'^config.init_from_layers / init_from_partial are '
+                     r'set but config.init_from is not'):
+    merge_config({**base, 'init_from_layers': (0, 2)})
+  with pytest.raises(ConfigError, match=r'lists teacher layer indices \(ints >= 0\), got '
+                     r'\(0, -1\)\.$'):
+    merge_config({**base, 'init_from': '/tmp', 'init_from_layers': (0, -1)})
+  assert merge_config({**base, 'init_from': '/tmp', 'init_from_layers': [0, 2]}
+                      ).init_from_layers == (0, 2)
+  # init_from_partial: the model's arrays the source lacks keep their init, the source's
+  # arrays the model lacks are left out; shapes are still fit_variables' to check.
+  fresh = {'params': {'dense': {'kernel': 1}, 'LSQ_0': {'step': 2}}, 'batch_stats': {}}
+  loaded = {'params': {'dense': {'kernel': 5}, 'old': {'x': 3}}, 'batch_stats': {}}
+  assert trainer._partial(fresh, loaded) == (
+      {'params': {'dense': {'kernel': 5}, 'LSQ_0': {'step': 2}}, 'batch_stats': {}}, 1, 1)
+
+
 # ----------------------------------------------------------------------------- specs
 @pytest.mark.parametrize('spec,message', [
     ('bit_elastic(signed=1)', 'bit_elastic signed must be True or False'),
@@ -463,3 +483,174 @@ def test_bad_options_are_config_errors(spec, message):
   with pytest.raises(ConfigError) as e:
     quantizers.resolve(spec)
   assert message in str(e.value) and '\n' not in str(e.value)
+
+
+# ----------------------------------------------------------------------------- BERT options
+def np_layer_norm(x, p):
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-12) * f64(p['scale']) + f64(p['bias'])
+
+
+def np_gelu(x):
+  from scipy import special
+  return 0.5 * x * special.erfc(-x / math.sqrt(2))
+
+
+NP_QUANTIZERS = {
+    None: lambda x: x,
+    'ste_sign': np_sign,
+    'ste_heaviside': lambda x: (x > 0) * 1.0,
+    'bibert_weight': lambda w: np.abs(w).mean(0) * np_sign(w - w.mean(0)),  # per column
+}
+
+
+def np_dense(x, p, input_q=None, kernel_q=None):
+  return NP_QUANTIZERS[input_q](x) @ NP_QUANTIZERS[kernel_q](f64(p['kernel'])) + f64(p['bias'])
+
+
+def np_bert_layer(x, p, heads, keys, o):
+  """One post-LN BERT layer in float64 with the options ``o`` (a Bert's keyword options):
+  its output, and its pre-softmax masked scores and Q, K, V (before their quantizers)."""
+  a = p['attention']
+  dense = lambda x, q, inq=o.get('input_quantizer'): np_dense(
+      x, q, inq, o.get('kernel_quantizer'))
+  b, n, d = x.shape
+  qkv = [dense(x, a[name]).reshape(b, n, heads, d // heads) for name in ('query', 'key', 'value')]
+  qk = NP_QUANTIZERS[o.get('query_key_quantizer')]
+  raw = np.einsum('bqhd,bkhd->bhqk', qk(qkv[0]), qk(qkv[1])) / math.sqrt(d // heads)
+  keys = np.asarray(keys)[:, None, None, :]
+  scores = np.where(keys, raw, np.finfo(np.float32).min)
+  if o.get('attention_score_quantizer') == 'bibert_bool':
+    weights = (raw > 0) & keys  # bool replaces the softmax; masked keys 0
+  else:
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights = weights / weights.sum(-1, keepdims=True)
+  v = NP_QUANTIZERS[o.get('value_quantizer')](qkv[2])
+  ctx = np.einsum('bhqk,bkhd->bqhd', weights * 1.0, v).reshape(b, n, d)
+  x = np_layer_norm(x + dense(ctx, a['output']), p['attention_norm'])
+  y = dense(x, p['intermediate'])
+  y = np.maximum(y, 0) if o.get('hidden_act') == 'relu' else np_gelu(y)
+  y = dense(y, p['output'], o.get('ffn_input_quantizer', o.get('input_quantizer')))
+  return np_layer_norm(x + y, p['output_norm']), scores, qkv
+
+
+IDS = np.array([[101, 5, 7, 9, 102, 11, 13, 102, 0, 0],
+                [101, 20, 30, 102, 0, 0, 0, 0, 0, 0],
+                [101, 3, 4, 5, 6, 102, 8, 9, 10, 102]])
+TINY = dict(num_layers=2, hidden_size=16, num_heads=2, vocab_size=120, max_position_embeddings=12)
+OPTION_CASES = {
+    'float': {},
+    'relu_ffn_input': dict(hidden_act='relu', input_quantizer='ste_sign',
+                           ffn_input_quantizer='ste_heaviside'),
+    'bibert': dict(input_quantizer='ste_sign', kernel_quantizer='bibert_weight',
+                   query_key_quantizer='ste_sign', value_quantizer='ste_sign',
+                   attention_score_quantizer='bibert_bool', quantize_pooler=True),
+}
+
+
+def random_bert_params(model, seed=0):
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(IDS.shape))['params']
+  return jax.tree_util.tree_map_with_path(
+      lambda p, s: (1.0 * (p[-1].key == 'scale') + rng.normal(0, 0.3, s.shape)).astype(
+          np.float32), shapes)
+
+
+def apply_with_taps(model, params, ids):
+  from mcj.compress.distill import features
+  logits, stages = jax.jit(lambda p, i: features.apply_with_features(
+      model, {'params': p}, i, train=False))(params, ids)
+  return logits, features.transformer_taps(stages)
+
+
+@pytest.mark.parametrize('case', list(OPTION_CASES))
+def test_bert_options_and_taps_match_a_numpy_layer(case):
+  """Each layer's sown output is the numpy layer of its sown input (hidden_act, the FFN's
+  own input quantizer, Bi-Attention's bool weights, BiBERT's weights), the sown scores and
+  Q, K, V are the layer's, and the logits come from a pooler quantized like the encoder
+  (``quantize_pooler``) and a float classifier."""
+  options = OPTION_CASES[case]
+  model = bert.Bert(num_classes=3, **TINY, **options)
+  params = random_bert_params(model)
+  logits, taps = apply_with_taps(model, params, IDS)
+  assert [h.shape for h in taps['hidden']] == [(3, 10, 16)] * 3
+  assert [s.shape for s in taps['scores']] == [(3, 2, 10, 10)] * 2
+  assert [q.shape for q in taps['query']] == [(3, 10, 2, 8)] * 2
+  keys = IDS != 0
+  for i in range(2):
+    out, scores, qkv = np_bert_layer(f64(taps['hidden'][i]), params[f'layer_{i}'], 2, keys,
+                                     options)
+    np.testing.assert_allclose(f64(taps['hidden'][i + 1]), out, rtol=1e-4, atol=1e-4)
+    finite = scores > -1e30
+    np.testing.assert_allclose(f64(taps['scores'][i])[finite], scores[finite], rtol=1e-4,
+                               atol=1e-4)
+    assert np.all(f64(taps['scores'][i])[~finite] == np.finfo(np.float32).min)
+    for name, want in zip(('query', 'key', 'value'), qkv):
+      np.testing.assert_allclose(f64(taps[name][i]), want, rtol=1e-4, atol=1e-4)
+  pooler_q = options.get('input_quantizer') if options.get('quantize_pooler') else None
+  kernel_q = options.get('kernel_quantizer') if options.get('quantize_pooler') else None
+  pooled = np.tanh(np_dense(f64(taps['hidden'][-1])[:, 0], params['pooler'], pooler_q,
+                            kernel_q))
+  np.testing.assert_allclose(f64(logits), np_dense(pooled, params['classifier']), rtol=1e-4,
+                             atol=1e-4)
+  # A plain apply returns the logits alone, and init holds no taps.
+  np.testing.assert_allclose(f64(model.apply({'params': params}, IDS)), f64(logits), rtol=1e-5,
+                             atol=1e-5)
+  assert 'intermediates' not in jax.eval_shape(model.init, jax.random.key(0), IDS)
+
+
+def test_hidden_act_changes_only_the_ffn_and_is_checked():
+  model = bert.Bert(num_classes=2, **TINY)
+  params = random_bert_params(model)
+  gelu = model.apply({'params': params}, IDS)
+  relu = model.clone(hidden_act='relu').apply({'params': params}, IDS)
+  assert np.abs(f64(gelu) - f64(relu)).max() > 1e-3
+  with pytest.raises(ValueError, match="hidden_act must be one of gelu, relu, got 'tanh'"):
+    model.clone(hidden_act='tanh').apply({'params': params}, IDS)
+
+
+@pytest.mark.parametrize('inclusive', [False, True])
+def test_score_quantizer_gives_masked_keys_zero_weight_with_dropout(inclusive):
+  """Bi-Attention as a layer option: bool(sign(Q) sign(K)^T / sqrt(D)) . sign(V), no softmax
+  (the numpy reference, eval); at train=True with dropout on the scores the weights stay
+  {0, 1} (integer outputs) and what the masked keys' V holds changes nothing."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.normal(0, 1, (2, 5, 3, 4)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray([[True] * 5, [True] * 3 + [False] * 2])[:, None, None, :]
+  attention = layers.QuantDotProductAttention(
+      query_key_quantizer='ste_sign', value_quantizer='ste_sign', dropout_rate=0.5,
+      score_quantizer=f'bibert_bool(inclusive={inclusive})')
+  out = attention.apply({}, q, k, v, mask)
+  np.testing.assert_array_equal(f64(out), f64(bi_attention(
+      q, k, v, mask, f'bibert_bool(inclusive={inclusive})')))
+  flipped = v.at[1, 3:].multiply(-1.0)  # the masked keys of example 1
+  rngs = {'dropout': jax.random.key(3)}
+  trained = attention.apply({}, q, k, v, mask, train=True, rngs=rngs)
+  np.testing.assert_array_equal(f64(trained), np.round(f64(trained)))
+  assert np.abs(f64(trained) - f64(out)).max() > 0  # dropout acted
+  np.testing.assert_array_equal(
+      f64(attention.apply({}, q, k, flipped, mask, train=True, rngs=rngs)), f64(trained))
+  np.testing.assert_array_equal(f64(attention.apply({}, q, k, flipped, mask)), f64(out))
+
+
+def test_bi_attention_bert_ignores_padding():
+  model = bert.Bert(num_classes=3, **TINY, **OPTION_CASES['bibert'])
+  params = random_bert_params(model, seed=2)
+  short = np.array([[101, 5, 7, 9, 102, 11, 13, 102]])
+  padded = np.concatenate([short, np.zeros((1, 4), int)], 1)
+  np.testing.assert_allclose(f64(model.apply({'params': params}, padded)),
+                             f64(model.apply({'params': params}, short)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('head,pooler,expected', [
+    (False, None, (32, 32)), (True, None, (1, 1)), (False, True, (1, 32)),
+    (True, False, (32, 1))])
+def test_quantize_pooler_apart_from_the_classifier(head, pooler, expected):
+  from mcj.analysis import summary
+  model = bert.Bert(num_classes=2, **TINY, input_quantizer='ste_sign',
+                    kernel_quantizer='ste_sign', quantize_head=head, quantize_pooler=pooler)
+  rows = {r['name']: r['params_by_bits'] for r in summary.summarize(model, (10,))['layers']}
+  for name, bits in zip(('pooler', 'classifier'), expected):
+    kernel = 16 * (16 if name == 'pooler' else 2)
+    assert rows[name].get(bits, 0) >= kernel, (name, rows[name])

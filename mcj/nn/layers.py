@@ -262,6 +262,15 @@ class QuantEmbed(QuantKernel):
     return jnp.take(self.quantized_kernel(table), ids, axis=0).astype(self.dtype)
 
 
+def sow_taps(module: nn.Module, **values):
+  """Sows ``values`` into ``module``'s ``'intermediates'`` collection (a no-op unless the
+  caller made it mutable, and at ``init``, so initialised variables never hold taps)."""
+  if module.is_initializing():
+    return
+  for name, value in values.items():
+    module.sow('intermediates', name, value)
+
+
 def quant_matmul(subscripts: str, lhs, rhs, lhs_quantizer=None, rhs_quantizer=None):
   """``jnp.einsum(subscripts, lq(lhs), rq(rhs))``: a product of two activations with each
   operand quantized by its own quantizer (a name, a spec such as
@@ -303,23 +312,50 @@ class QuantDotProductAttention(nn.Module):
   ``attention_quantizer``, so A.V's operand is exactly the quantizer's output in training
   too (after a {0, 1} quantizer, dropout's rescaling would make it {0, 1 / (1 - rate)}, and
   a sign input quantizer of the next layer would then see values beyond its clip).
+
+  ``score_quantizer`` (None: the softmax above) replaces the softmax: the attention weights
+  are ``score_quantizer(dropout(scores))``, the scaled masked scores (dropout at
+  ``train=True``, then ``attention_quantizer`` if set too). That is BiBERT's Bi-Attention
+  (Qin et al. 2022, section 3.2) with ``'bibert_bool'``: ``bool(B_Q B_K^T / sqrt(D)) .
+  sign(V)``, where the official code applies dropout to the scores and then its
+  ``ZMeanBinaryQuantizer``. Masked keys get weight exactly 0 whatever the quantizer: it sees
+  them at the float32 minimum (dropout cannot move them), and its output there is set to 0.
+
+  Taps for distillation (``mcj.compress.distill.features``): when the collection
+  ``'intermediates'`` is mutable (not at ``init``), the layer sows ``query``, ``key`` and
+  ``value`` (the inputs, (batch, length, heads, head_dim), before their quantizers) and
+  ``scores`` (the scaled, masked scores before the softmax, (batch, heads, query length,
+  key length), float32, masked entries at the float32 minimum).
   """
   query_key_quantizer: Any = None
   attention_quantizer: Any = None
   value_quantizer: Any = None
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  score_quantizer: Any = None
 
   @nn.compact
   def __call__(self, query, key, value, mask=None, train: bool = False):
     query, key, value = (t.astype(self.dtype) for t in (query, key, value))
+    sow_taps(self, query=query, key=key, value=value)
     scores = quant_matmul('...qhd,...khd->...hqk', query, key,
                           self.query_key_quantizer, self.query_key_quantizer)
     scores = scores.astype(jnp.float32) / math.sqrt(query.shape[-1])
-    if mask is not None:
-      scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    probs = nn.Dropout(self.dropout_rate, deterministic=not train)(probs)
+    lowest = jnp.finfo(jnp.float32).min
+    masked = scores if mask is None else jnp.where(mask, scores, lowest)
+    sow_taps(self, scores=masked)
+    dropout = nn.Dropout(self.dropout_rate, deterministic=not train)
+    score_q = quantizers.resolve(self.score_quantizer)
+    if score_q is None:
+      probs = dropout(jax.nn.softmax(masked, axis=-1).astype(self.dtype))
+    else:  # Bi-Attention: the weights from the (dropped-out) scores, no softmax
+      dropped = dropout(scores)
+      if mask is not None:
+        dropped = jnp.where(mask, dropped, lowest)
+      probs = score_q(dropped)
+      if mask is not None:
+        probs = jnp.where(mask, probs, 0.0)
+      probs = probs.astype(self.dtype)
     q = quantizers.resolve(self.attention_quantizer)
     probs = probs if q is None else q(probs)
     return quant_matmul('...hqk,...khd->...qhd', probs, value, None, self.value_quantizer)

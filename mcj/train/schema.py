@@ -35,6 +35,13 @@ def default_config() -> ml_collections.ConfigDict:
       'model': {'name': ''},         # other keys are the model's keyword options
       **copy.deepcopy(blocks),
       'init_from': '',               # a workdir or checkpoint folder to take params from
+      # With init_from: its encoder layers layer_{i} for i in this list become the model's
+      # layer_0, layer_1, ... (DistilBERT's student from every other teacher layer).
+      'init_from_layers': (),
+      # With init_from: params the source lacks keep their fresh init and source params
+      # the model lacks are dropped (a float run initialising a model with learned
+      # quantizer scales); shared params must still have the same shapes.
+      'init_from_partial': False,
       'mixup_alpha': 0.0,            # > 0: mixup (Zhang et al. 2018) inside the step
       # A pipeline (mcj/train/pipeline.py): dicts with a name and the keys that stage
       # overrides; each stage trains in <workdir>/<name>; init_from may name an earlier stage.
@@ -98,6 +105,12 @@ def validate(config) -> None:
   need(temperature is None or temperature > 0,
        f'config.distill.temperature must be positive (or None for the loss\'s default), got '
        f'{temperature}.')
+  layers = config.init_from_layers
+  need(all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers),
+       f'config.init_from_layers lists teacher layer indices (ints >= 0), got {tuple(layers)}.')
+  need(config.init_from or not (layers or config.init_from_partial),
+       'config.init_from_layers / init_from_partial are set but config.init_from is not: set '
+       'init_from to the run (workdir or checkpoint) whose params the model starts from.')
   prune = config.prune
   need(0 <= prune.sparsity < 1, f'config.prune.sparsity must be in [0, 1), got {prune.sparsity}.')
   need(prune.algorithm or not prune.sparsity,

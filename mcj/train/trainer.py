@@ -22,9 +22,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import traverse_util
 
 from mcj import data as data_lib
 from mcj.analysis import summary as summary_lib
+from mcj.compress.distill import losses as distill_losses
 from mcj.compress.distill import teachers as teachers_lib
 from mcj.compress.prune import heads as heads_lib
 from mcj.compress.prune import pruner as prune_lib
@@ -32,6 +34,7 @@ from mcj.core import checkpoint as checkpoint_lib
 from mcj.core import metrics as metrics_lib
 from mcj.core import parallel
 from mcj.core import workdir as workdir_lib
+from mcj.core.config import ConfigError
 from mcj.models import get_model
 from mcj.nn import inspect
 from mcj.train import optim
@@ -157,17 +160,49 @@ def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say) ->
   if restored is not None:
     say(f'mcj: resumed from step {restored_step} in {checkpointer.directory}.')
     return restored
-  source = exp.config.init_from
+  config = exp.config
+  source = config.init_from
   if not source:
     return state
   loaded = checkpoint_lib.load_variables(source)
+  if config.init_from_layers:  # DistilBERT: the student's layers from the listed ones
+    try:
+      loaded['params'] = distill_losses.distilbert_init(loaded['params'],
+                                                        layers=config.init_from_layers)
+    except ValueError as e:
+      raise ConfigError(f'config.init_from_layers with init_from={source}: {e}') from None
+  note = ''
+  if config.init_from_partial:
+    loaded, kept, dropped = _partial(parallel.fetch(
+        {'params': state['params'], 'batch_stats': state['batch_stats']}), loaded)
+    note = f' ({kept} arrays it lacks keep their init, {dropped} of its arrays unused)'
   params = checkpoint_lib.fit_variables(state['params'], loaded['params'], source)
   stats = checkpoint_lib.fit_variables(state['batch_stats'], loaded['batch_stats'], source)
   state = jax.jit(lambda st, p, s: {**st, 'params': p, 'batch_stats': s,
                                     'opt_state': exp.tx.init(p)},
                   out_shardings=parallel.replicated(exp.mesh))(state, params, stats)
-  say(f'mcj: params initialised from {source}.')
+  say(f'mcj: params initialised from {source}{note}.')
   return state
+
+
+def _partial(fresh: dict, loaded: dict):
+  """``loaded`` ({'params', 'batch_stats'}) reduced to the paths ``fresh`` has, the others
+  taken from ``fresh``; and the counts of arrays taken from ``fresh`` and of loaded arrays
+  left out."""
+  def plain(tree):  # nested dicts (orbax's restored mappings included)
+    return {k: plain(v) for k, v in tree.items()} if hasattr(tree, 'items') else tree
+
+  def flat(tree):
+    return traverse_util.flatten_dict(plain(tree), sep='/')
+
+  out, kept, dropped = {}, 0, 0
+  for collection in ('params', 'batch_stats'):
+    ours, theirs = flat(fresh[collection]), flat(loaded.get(collection, {}))
+    out[collection] = traverse_util.unflatten_dict(
+        {k: theirs.get(k, v) for k, v in ours.items()}, sep='/') if ours else {}
+    kept += sum(k not in theirs for k in ours)
+    dropped += sum(k not in ours for k in theirs)
+  return out, kept, dropped
 
 
 def evaluate(exp: Experiment, p_eval_step, state) -> dict:

@@ -23,11 +23,26 @@ axis_name) -> scalar`` with the stage dicts of ``features.apply_with_features`` 
 * ``layouts``: the tap layouts it applies to (``features.IMAGE``: NHWC maps,
   ``features.TOKENS``: (batch, tokens, features)); others are a ConfigError at build time;
 * ``adapter``: ``(student_shape, teacher_shape) -> flax module`` for a trained adapter
-  per paired stage (FitNets' regressor), or absent.
+  per paired stage (FitNets' regressor), or absent;
+* ``plan``: ``(student_stages, teacher_stages, config, teacher_index) -> [(student_shape,
+  teacher_shape)]``, for a loss that reads the sown transformer taps
+  (``features.transformer_taps``) rather than paired grids: it checks that the two models
+  fit the loss (a ConfigError otherwise) and returns the shapes of its adapters, one
+  adapter per entry (``adapter_key(teacher_index, j)`` for the j-th).
+
+Transformer distillation (``tinybert``, ``dmd``) pairs layers with TinyBERT's uniform
+mapping ``g(m) = m N / M`` (``losses.uniform_layer_map``; M student and N teacher layers,
+M dividing N): hidden state m (0: the embedding output) with the teacher's g(m), and the
+per-layer tensors of student layer m with those of teacher layer g(m), the last of each
+block of N / M layers. ``soft_ce`` is TinyBERT's prediction-layer loss.
 """
+import jax
+import jax.numpy as jnp
+
 from mcj.compress.distill import features as features_lib
 from mcj.compress.distill import losses
 from mcj.core import registry
+from mcj.core.config import ConfigError
 
 BOTH = (features_lib.IMAGE, features_lib.TOKENS)
 
@@ -73,6 +88,17 @@ def dist(student_logits, teacher_logits, config, axis_name=None):
   return losses.dist_loss(student_logits, teacher_logits,
                           temperature=temperature(config, 'dist'), beta=config.dist_beta,
                           gamma=config.dist_gamma, axis_name=axis_name)
+
+
+@registry.register('logit_loss', 'soft_ce', temperature=1.0)
+def soft_ce(student_logits, teacher_logits, config, axis_name=None):
+  """TinyBERT's prediction-layer loss (eq. 9): ``CE(softmax(z^T / t), softmax(z^S / t))``,
+  no ``t^2`` factor, t = 1 unless ``distill.temperature`` is set (BiT and BiBERT use it at
+  t = 1; their codes' ``soft_cross_entropy`` also averages over the classes, i.e. divides
+  this by the number of classes)."""
+  del axis_name  # per-example
+  return losses.tinybert_prediction_loss(student_logits, teacher_logits,
+                                         temperature=temperature(config, 'soft_ce'))
 
 
 # ----------------------------------------------------------------------------- feature losses
@@ -123,3 +149,161 @@ def rkd(student_stages, teacher_stages, *, config, adapters, teacher_index, axis
   t = losses.pool_embedding(features_lib.last_stage(teacher_stages))
   return losses.rkd_loss(s, t, distance_weight=config.rkd_distance_weight,
                          angle_weight=config.rkd_angle_weight, axis_name=axis_name)
+
+
+# ----------------------------------------------------------------------------- transformer layers
+PROJECTIONS = ('layer', 'shared', 'none')
+
+
+def _layers(name, student_stages, teacher_stages, need):
+  """``(student taps, teacher taps, g)``: both models' ``features.transformer_taps`` and
+  the uniform layer map; a ConfigError when a model lacks the taps ``need`` in every layer
+  or the layer counts do not map."""
+  taps = []
+  for who, stages in (('student', student_stages), ('teacher', teacher_stages)):
+    t = features_lib.transformer_taps(stages)
+    layers = len(t['hidden']) - 1
+    if layers < 1 or any(len(t[k]) != layers for k in need):
+      raise ConfigError(
+          f'distill.feature_loss={name!r} needs transformers that sow their hidden states '
+          f'and every layer\'s {", ".join(need)} (mcj\'s bert_* models, every layer with '
+          f'heads); the {who} sows {len(t["hidden"])} hidden states and '
+          + ', '.join(f'{len(t[k])} {k}' for k in need) + '.')
+    taps.append(t)
+  try:
+    g = losses.uniform_layer_map(len(taps[0]['hidden']) - 1, len(taps[1]['hidden']) - 1)
+  except ValueError as e:
+    raise ConfigError(f'distill.feature_loss={name!r}: {e}') from None
+  return taps[0], taps[1], g
+
+
+def _same_shape(name, what, s, t, axes, meaning):
+  if tuple(s.shape[a] for a in axes) != tuple(t.shape[a] for a in axes):
+    raise ConfigError(f'distill.feature_loss={name!r} compares {what} of the same {meaning}; '
+                      f'got student {tuple(s.shape)} and teacher {tuple(t.shape)}.')
+
+
+def _tinybert_plan(student_stages, teacher_stages, config, teacher_index):
+  del teacher_index
+  if config.tinybert_projection not in PROJECTIONS:
+    raise ConfigError(f'distill.tinybert_projection must be one of {", ".join(PROJECTIONS)}, '
+                      f'got {config.tinybert_projection!r}.')
+  need = ('scores',) if config.tinybert_attention_weight else ()
+  s, t, g = _layers('tinybert', student_stages, teacher_stages, need)
+  pairs = [(s['hidden'][m], t['hidden'][g[m]]) for m in range(len(g))]
+  if need:
+    for m in range(1, len(g)):
+      _same_shape('tinybert', 'attention scores', s['scores'][m - 1], t['scores'][g[m] - 1],
+                  (1, 2, 3), 'heads and tokens (or set distill.tinybert_attention_weight=0)')
+  if config.tinybert_projection == 'none':
+    for hs, ht in pairs:
+      _same_shape('tinybert', 'hidden states without a projection', hs, ht, (1, 2),
+                  "tokens and width (or set distill.tinybert_projection='layer')")
+    return []
+  return [(hs.shape, ht.shape) for hs, ht in
+          (pairs if config.tinybert_projection == 'layer' else pairs[:1])]
+
+
+def _projection(adapters, teacher_index, j):
+  """(kernel, bias) of adapter j: W_h and its bias (the code's ``fit_dense``)."""
+  regressor = adapters[adapter_key(teacher_index, j)]['regressor']
+  return regressor['kernel'], regressor['bias']
+
+
+@registry.register('feature_loss', 'tinybert', adapter=_fitnet_adapter, plan=_tinybert_plan)
+def tinybert(student_stages, teacher_stages, *, config, adapters, teacher_index,
+             axis_name=None):
+  """TinyBERT's intermediate-layer distillation (Jiao et al. 2020, eq. 6-8 and 10 with
+  lambda = 1) under the uniform mapping g:
+
+    L_embd(E^S W_0, E^T) + sum_{m=1..M} [ w_attn L_attn(A^S_m, A^T_g(m))
+                                          + L_hidn(H^S_m W_m, H^T_g(m)) ]
+
+  with L_attn the MSE of the pre-softmax scores (``losses.tinybert_attention_loss``: padded
+  keys set to 0 on both sides), L_hidn / L_embd the MSE after the learned projection
+  (``losses.tinybert_hidden_loss`` / ``_embedding_loss``), ``w_attn =
+  distill.tinybert_attention_weight``. Projections (``distill.tinybert_projection``):
+  ``'layer'`` a W (with bias) per hidden-state pair (W_0 is the paper's W_e); ``'shared'``
+  one for all, the official code's ``fit_dense`` (the paper's eq. 7 writes one W_h for the
+  layers and a W_e of its own); ``'none'`` no projection, equal widths: with
+  ``tinybert_attention_weight=0`` it is BiT's ``distill_rep`` loss, the sum of the hidden
+  states' MSEs (its student has the teacher's depth, so g is the identity). Per example:
+  the per-device means average to the global batch's (``pmean``), so no ``axis_name``."""
+  del axis_name
+  c = config
+  s, t, g = _layers('tinybert', student_stages, teacher_stages,
+                    ('scores',) if c.tinybert_attention_weight else ())
+
+  def hidden(m):
+    if c.tinybert_projection == 'none':
+      return losses.fitnet_loss(s['hidden'][m], t['hidden'][g[m]])
+    kernel, bias = _projection(adapters, teacher_index,
+                               m if c.tinybert_projection == 'layer' else 0)
+    fn = losses.tinybert_embedding_loss if m == 0 else losses.tinybert_hidden_loss
+    return fn(s['hidden'][m], t['hidden'][g[m]], kernel, bias)
+
+  total = hidden(0)
+  for m in range(1, len(g)):
+    total = total + hidden(m)
+    if c.tinybert_attention_weight:
+      total = total + c.tinybert_attention_weight * losses.tinybert_attention_loss(
+          s['scores'][m - 1], t['scores'][g[m] - 1])
+  return total
+
+
+def direction_distance(student, teacher, axis_name=None):
+  """BiBERT's code's ``att_loss_r2b`` on raw tensors: ``|| S / ||S|| - T / ||T|| ||``, the
+  l2 (Frobenius) norms over the whole tensors, the batch included (so with ``axis_name``
+  over the global batch: sums of squares ``psum``-ed), the difference norm not squared; a
+  zero tensor is divided by 1e-12, and the norm of a zero difference has gradient 0. Its
+  hidden-state term (``--intermediate_distill``) on (batch, tokens, d) tensors of equal
+  shape."""
+  def psum(x):
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+  def unit(x):
+    x = jnp.asarray(x).astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(psum(jnp.sum(x * x)), 1e-24))
+
+  d2 = psum(jnp.sum((unit(student) - unit(teacher)) ** 2))
+  positive = d2 > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
+
+
+def _dmd_plan(student_stages, teacher_stages, config, teacher_index):
+  del teacher_index
+  s, t, g = _layers('dmd', student_stages, teacher_stages, ('query', 'key', 'value'))
+  for m in range(1, len(g)):
+    for name in ('query', 'key', 'value'):
+      _same_shape('dmd', f'{name} similarity matrices', s[name][m - 1], t[name][g[m] - 1],
+                  (1, 2), 'tokens and heads')
+  if config.dmd_hidden_weight:
+    for m in range(len(g)):
+      _same_shape('dmd', 'hidden-state directions', s['hidden'][m], t['hidden'][g[m]],
+                  (1, 2), 'tokens and width (or set distill.dmd_hidden_weight=0)')
+  return []
+
+
+@registry.register('feature_loss', 'dmd', plan=_dmd_plan)
+def dmd(student_stages, teacher_stages, *, config, adapters, teacher_index, axis_name=None):
+  """BiBERT's Direction-Matching Distillation (Qin et al. 2022, section 3.3; the official
+  code's ``--query_distill --key_distill --value_distill``) under the uniform mapping g:
+
+    sum_{m=1..M} sum_{F in Q, K, V} || P^S_m(F) / ||P^S_m(F)|| - P^T_g(m)(F) / ||P^T_g(m)(F)|| ||
+    + w_hid sum_{m=0..M} direction_distance(H^S_m, H^T_g(m))
+
+  with ``P(F) = F F^T`` per head over the tokens (``losses.direction_matching_loss``), F the
+  activations before they are binarized, and ``w_hid = distill.dmd_hidden_weight`` the
+  code's hidden-state term (``--intermediate_distill``, on in its scripts). The norms span
+  the batch: with ``axis_name`` over the global batch, so the value does not depend on the
+  device count."""
+  del adapters, teacher_index
+  s, t, g = _layers('dmd', student_stages, teacher_stages, ('query', 'key', 'value'))
+  students = [s[name][m - 1] for m in range(1, len(g)) for name in ('query', 'key', 'value')]
+  teachers = [t[name][g[m] - 1] for m in range(1, len(g)) for name in ('query', 'key', 'value')]
+  total = losses.direction_matching_loss(students, teachers, axis_name=axis_name)
+  if config.dmd_hidden_weight:
+    for m in range(len(g)):
+      total = total + config.dmd_hidden_weight * direction_distance(
+          s['hidden'][m], t['hidden'][g[m]], axis_name)
+  return total

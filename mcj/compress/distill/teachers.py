@@ -170,6 +170,9 @@ class Distiller:
       if not (student_stages and teacher_stages):
         raise ConfigError(f'distill.feature_loss={name!r}: the student or teacher {i} has no '
                           'feature taps (top-level 4-D NHWC or 3-D token outputs).')
+      if 'plan' in info:  # sown transformer taps: the loss checks the pair itself
+        shapes.append(info['plan'](student_stages, teacher_stages, self.config, i))
+        continue
       if info.get('pairs', True):
         pairs = objectives.pairs(student_stages, teacher_stages, self.config)
         if not pairs:
@@ -189,7 +192,8 @@ class Distiller:
 
   def init_adapters(self, rng):
     """Trained adapters of the feature loss (FitNets' regressors: student channels ->
-    teacher channels), one per paired stage; {} for losses without (``adapter`` info)."""
+    teacher channels; TinyBERT's projections W_h), one per paired stage (or per entry of
+    the loss's ``plan``); {} for losses without (``adapter`` info)."""
     make = self.feature_info.get('adapter')
     if make is None:
       return {}
@@ -207,6 +211,8 @@ class Distiller:
     model = self.models[k]
     if self.needs_features:
       logits, stages = features_lib.apply_with_features(model, variables, images, train=False)
+      if 'plan' not in self.feature_info:  # grid losses: the sown taps are not carried
+        stages.pop(features_lib.SOWN, None)
     else:
       logits, stages = model.apply(variables, images, train=False), {}
     return jax.lax.stop_gradient((logits.astype(jnp.float32), jax.tree.map(

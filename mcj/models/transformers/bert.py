@@ -31,7 +31,27 @@ Quantization (all float by default, None):
   stay float, as in TernaryBERT / BinaryBERT, whose embedding bit width is the word
   embedding's);
 - the pooler and the classifier stay float unless ``quantize_head=True``, as in those
-  papers and BiT, which quantize the encoder and the embeddings only.
+  papers, which quantize the encoder and the embeddings only; ``quantize_pooler`` (None:
+  as ``quantize_head``) sets the pooler apart from the classifier: BiT's and BiBERT's codes
+  quantize the pooler dense layer (``QuantizeLinear``) and keep the classifier float;
+- ``ffn_input_quantizer``: the input quantizer of the FFN's second dense layer
+  (``layer_{i}/output``, after the activation); None: ``input_quantizer``. BiT quantizes
+  that input with a non-negative quantizer (``bit_elastic(signed=False, ...)``: its input
+  is a ReLU's output);
+- ``attention_score_quantizer``: attention weights from the scores instead of the softmax
+  (``layers.QuantDotProductAttention.score_quantizer``): BiBERT's Bi-Attention with
+  ``'bibert_bool'``, {0, 1} weights ``bool(Q K^T / sqrt(d))`` (masked keys 0).
+
+``hidden_act``: the FFN's activation, ``'gelu'`` (exact, erf; BERT's) or ``'relu'`` (BiT's
+binary students, whose FFN output input is then non-negative).
+
+Taps for distillation (``mcj.compress.distill.features.transformer_taps``): when the
+collection ``'intermediates'`` is mutable (``features.apply_with_features`` makes it so),
+the model sows ``hidden_states``, the embedding output (after its dropout: what layer 0
+reads) and each layer's output, (batch, length, hidden) each, and every layer's attention
+products sow their Q, K, V before their quantizers and the pre-softmax (scaled, masked)
+scores (see ``layers.QuantDotProductAttention``): TinyBERT's, BiT's and BiBERT's
+distillation read them. Nothing is sown at ``init`` or in a plain ``apply``.
 
 Param names map one to one onto HF's: ``embeddings/{word,position,token_type}/kernel``
 (``embeddings.*_embeddings.weight``), ``embeddings/norm``, ``layer_{i}/attention/{query,
@@ -193,8 +213,19 @@ class Embeddings(nn.Module):
                         name='norm')(x)
 
 
+ACTIVATIONS = {'gelu': functools.partial(nn.gelu, approximate=False), 'relu': nn.relu}
+
+
+def activation(name: str):
+  """The FFN activation ``name`` (``ACTIVATIONS``); a ValueError for any other."""
+  if name not in ACTIVATIONS:
+    raise ValueError(f'hidden_act must be one of {", ".join(ACTIVATIONS)}, got {name!r}.')
+  return ACTIVATIONS[name]
+
+
 class BertLayer(nn.Module):
-  """A post-LN encoder layer: LN(x + Attention(x)), then LN(x + FFN(x))."""
+  """A post-LN encoder layer: LN(x + Attention(x)), then LN(x + FFN(x)); the FFN's second
+  dense layer is ``output_dense`` (None: ``dense``), its activation ``hidden_act``."""
   num_heads: int
   intermediate_size: int
   dropout_rate: float
@@ -203,6 +234,8 @@ class BertLayer(nn.Module):
   products: Any
   dtype: Any = jnp.float32
   head_dim: int | None = None  # None: hidden size // num_heads
+  output_dense: Any = None
+  hidden_act: str = 'gelu'
 
   @nn.compact
   def __call__(self, x, mask, train, head_mask=None):
@@ -213,8 +246,8 @@ class BertLayer(nn.Module):
                       name='attention')(x, mask, train, head_mask)
     x = norm(name='attention_norm')(x + drop(y))
     y = self.dense(self.intermediate_size, name='intermediate')(x)
-    y = nn.gelu(y, approximate=False)
-    y = self.dense(x.shape[-1], name='output')(y)
+    y = activation(self.hidden_act)(y)
+    y = (self.output_dense or self.dense)(x.shape[-1], name='output')(y)
     return norm(name='output_norm')(x + drop(y))
 
 
@@ -222,8 +255,9 @@ class Bert(nn.Module):
   """BERT with a classification head on the pooled [CLS] output; see the module docstring.
 
   ``input_quantizer=None, kernel_quantizer=None`` (and the attention quantizers None) is
-  the float model. ``heads_per_layer`` and the call's ``head_mask``: see the module
-  docstring.
+  the float model. ``heads_per_layer`` and the call's ``head_mask``, ``hidden_act``,
+  ``ffn_input_quantizer``, ``attention_score_quantizer``, ``quantize_pooler`` and the
+  distillation taps: see the module docstring.
   """
   num_classes: int = 2
   num_layers: int = 12
@@ -249,6 +283,10 @@ class Bert(nn.Module):
   heads_per_layer: Any = None  # None: num_heads in every layer; else one count per layer
   dtype: Any = jnp.float32
   bn_axis_name: str | None = None  # no BatchNorm: kept for the trainer's common options
+  hidden_act: str = 'gelu'       # or 'relu' (BiT's students)
+  ffn_input_quantizer: Any = None  # layer_{i}/output's input; None: input_quantizer
+  attention_score_quantizer: Any = None  # weights from the scores, no softmax (BiBERT)
+  quantize_pooler: bool | None = None  # None: quantize_head
 
   input_is_tokens: ClassVar[bool] = True  # tools build (batch, length) inputs for it
 
@@ -304,10 +342,16 @@ class Bert(nn.Module):
         dense, input_quantizer=self.input_quantizer, kernel_quantizer=self.kernel_quantizer,
         kernel_scale=self.kernel_scale)
     head_dense = encoder_dense if self.quantize_head else dense
+    quantize_pooler = self.quantize_head if self.quantize_pooler is None else self.quantize_pooler
+    pooler_dense = encoder_dense if quantize_pooler else dense
+    output_dense = None if self.ffn_input_quantizer is None else functools.partial(
+        encoder_dense, input_quantizer=self.ffn_input_quantizer)
+    activation(self.hidden_act)  # an unknown name fails here, before any layer
     products = functools.partial(
         layers.QuantDotProductAttention, query_key_quantizer=self.query_key_quantizer,
         attention_quantizer=self.attention_quantizer, value_quantizer=self.value_quantizer,
-        dropout_rate=self.attention_dropout_rate, dtype=self.dtype)
+        dropout_rate=self.attention_dropout_rate, dtype=self.dtype,
+        score_quantizer=self.attention_score_quantizer)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
 
     x = Embeddings(self.vocab_size, self.max_position_embeddings, self.type_vocab_size,
@@ -315,14 +359,17 @@ class Bert(nn.Module):
                    self.layer_norm_epsilon, self.embedding_quantizer, self.dtype,
                    name='embeddings')(ids)
     x = drop(x)
+    layers.sow_taps(self, hidden_states=x)
     mask = attention_mask(ids, self.pad_token_id)
     for i in range(self.num_layers):
       x = BertLayer(heads[i], self.intermediate_size or 4 * self.hidden_size,
                     self.dropout_rate, self.layer_norm_epsilon, encoder_dense, products,
-                    self.dtype, self.hidden_size // self.num_heads, name=f'layer_{i}')(
+                    self.dtype, self.hidden_size // self.num_heads, output_dense,
+                    self.hidden_act, name=f'layer_{i}')(
                         x, mask, train,
                         None if head_mask is None else head_mask[..., i, :heads[i]])
-    pooled = jnp.tanh(head_dense(self.hidden_size, name='pooler')(x[:, 0]))
+      layers.sow_taps(self, hidden_states=x)
+    pooled = jnp.tanh(pooler_dense(self.hidden_size, name='pooler')(x[:, 0]))
     logits = head_dense(self.num_classes, name='classifier')(drop(pooled))
     return logits.astype(jnp.float32)
 
