@@ -28,9 +28,9 @@ Each formula is tested against an independent numpy implementation of the paper'
 names above are registered with the config (``distill.logit_loss`` / ``feature_loss``) in
 ``objectives``.
 
-Transformer distillation (tested in ``tests/test_transformer_methods.py``; not registered:
-it needs per-layer attention scores, Q, K, V and the embedding output, which the feature
-taps do not hold): TinyBERT's layer losses (``tinybert_attention_loss``, ``_hidden_loss``,
+Transformer distillation (tested in ``tests/test_transformer_methods.py``; registered in
+``objectives`` as the feature losses ``tinybert`` and ``dmd`` and the logit loss
+``soft_ce``, reading the taps a BERT sows, ``features.transformer_taps``): TinyBERT's layer losses (``tinybert_attention_loss``, ``_hidden_loss``,
 ``_embedding_loss``, ``_prediction_loss``, ``_intermediate_loss``) and its
 ``uniform_layer_map``; BiBERT's ``direction_matching_loss`` (DMD, relational over the
 batch: it takes ``axis_name``); DistilBERT's student initialisation (``distilbert_layers``,
