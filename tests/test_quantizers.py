@@ -392,6 +392,10 @@ def test_lsq_step_init_without_data():
                              rtol=1e-6)
   init = jax.jit(Quantize('lsq(bits=4, step_init=0.1)').init)(jax.random.key(0), zeros)['params']
   np.testing.assert_allclose(init['LSQ_0']['step'], 0.1, rtol=1e-6)
+  # A step_init given wins over the data too (a range known in advance).
+  init = jax.jit(Quantize('lsq(bits=4, step_init=0.1)').init)(jax.random.key(0),
+                                                                zeros + 5.0)['params']
+  np.testing.assert_allclose(init['LSQ_0']['step'], 0.1, rtol=1e-6)
   # As a kernel quantizer in a layer it starts from the initialised kernel.
   conv = layers.QuantConv(4, 3, kernel_quantizer='lsq(bits=4)', input_quantizer='pact(bits=4)')
   params = jax.jit(conv.init)(jax.random.key(0), jnp.ones((1, 6, 6, 3)))['params']

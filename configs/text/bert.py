@@ -14,9 +14,10 @@ Model: `bert_tiny`'s encoder (2 layers, width 128, 2 heads; Turc et al. 2019's B
 over that vocab, trained from scratch here (no pre-training: the number to beat is the
 majority class, 0.578, and a bag-of-words baseline).
 Precision (`bits`): 32 the float model; `bits=8`: LSQ 8-bit (Esser et al. 2020) on every
-encoder matmul's weights and inputs, on both attention products and on the word embedding
-table (Q8BERT-style 8-bit BERT, Zafrir et al. 2019, with learned steps; pooler and
-classifier float); `bits=1`: BiT-style (Liu et al. 2022) binarization of the encoder
+encoder matmul's weights and inputs and on both attention products (Q8BERT-style 8-bit
+BERT, Zafrir et al. 2019, with learned steps; `embeddings=True` also the word embedding
+table, as Q8BERT does: the table is 70% of this model's params; pooler and classifier
+float); `bits=1`: BiT-style (Liu et al. 2022) binarization of the encoder
 (W1-A1, embeddings float): sign inputs and weights x per-channel mean|W| in every dense
 layer, sign Q, K, V, and the softmax probabilities to {0, s} with a learned s; pooler and
 classifier float. configs/text/bit.py is BiT's own recipe (elastic quantizers, multi-step
@@ -33,9 +34,9 @@ VOCAB, LENGTH = 8000, 64
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, bits=32, teacher='', runlocal=False)
+  arg = parse_arg(arg, bits=32, embeddings=False, teacher='', runlocal=False)
   try:
-    quantized = precision.options(arg.bits, embeddings=True)
+    quantized = precision.options(arg.bits, embeddings=arg.embeddings)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   config = {

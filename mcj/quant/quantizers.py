@@ -542,10 +542,12 @@ class LSQ(nn.Module):
   ``s`` is initialised as the paper does from the first input it sees, ``2 mean|x| /
   sqrt(Qp)``: for a kernel that is the initialised kernel. ``per_channel``: one step per
   channel of the last axis (a kernel's output channels), each initialised from its own
-  channel and with ``g = 1 / sqrt(numel per channel Qp)``. An all-zero first input (the
-  dummy batch ``model.init`` usually gets) gives no information, so then ``step_init`` is
-  used, by default ``2 sqrt(2/pi) / sqrt(Qp)``: the paper's formula for a unit-normal input
-  (activations after batch norm).
+  channel and with ``g = 1 / sqrt(numel per channel Qp)``. A ``step_init`` given is used
+  instead of the data (a range known in advance: softmax probabilities in [0, 1] take
+  ``1 / Qp``, where the dummy batch of ``model.init`` would misjudge it). An all-zero first
+  input (that dummy batch, usually) gives no information, so then the step starts at ``2
+  sqrt(2/pi) / sqrt(Qp)``: the paper's formula for a unit-normal input (activations after
+  batch norm).
   """
   bits: int = 4
   signed: bool = True
@@ -562,6 +564,8 @@ class LSQ(nn.Module):
     def init(rng):
       del rng
       from_data = 2 * jnp.mean(jnp.abs(x.astype(jnp.float32)), axis=axes) / math.sqrt(qp)
+      if self.step_init is not None:
+        return jnp.full_like(from_data, self.step_init)
       return jnp.where(from_data > 0, from_data, jnp.float32(fallback))
 
     step = self.param('step', init)
