@@ -157,6 +157,41 @@ def head_columns(kept, head_dim: int, groups: int = 1, heads: int = 0):
                          for g in range(groups)], axis=None).astype(int)
 
 
+def shrink_heads(model, variables, keep, attention_of, without_heads, slice_heads):
+  """What a model's ``shrink_heads`` does, for BERT and ViT alike: ``(smaller model, its
+  variables)`` without the heads where ``keep`` (booleans (num_layers, num_heads); layer i
+  reads its first ``model.layer_heads()[i]`` columns) is False. ``attention_of(i)`` is the
+  (parent, name) of layer i's attention params, ``without_heads(attention)`` what is left
+  of them with no head (the output bias), ``slice_heads(attention, kept, count, head_dim)``
+  them with only the ``kept`` of ``count`` heads."""
+  heads, head_dim = model.layer_heads(), model.hidden_size // model.num_heads
+  keep = np.asarray(keep, bool)
+  if keep.shape != (model.num_layers, model.num_heads):
+    raise ValueError(f'the head mask must have shape (num_layers, num_heads) = '
+                     f'({model.num_layers}, {model.num_heads}), got {keep.shape}.')
+  params = tree_lib.numpy_tree(variables['params'])
+  new_heads = []
+  for i, count in enumerate(heads):
+    kept = np.flatnonzero(keep[i, :count])
+    new_heads.append(len(kept))
+    if count == 0:
+      continue
+    parent, name = attention_of(i)
+    attention = params[parent][name]
+    params[parent][name] = (slice_heads(attention, kept, count, head_dim) if len(kept)
+                            else without_heads(attention))
+  return model.clone(heads_per_layer=tuple(new_heads)), {**variables, 'params': params}
+
+
+def _slice_bert_heads(attention, kept, count, head_dim):
+  columns = head_columns(kept, head_dim)
+  for name in ('query', 'key', 'value'):
+    attention[name]['kernel'] = attention[name]['kernel'][:, columns]
+    attention[name]['bias'] = attention[name]['bias'][columns]
+  attention['output']['kernel'] = attention['output']['kernel'][columns, :]
+  return attention
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention: Q, K, V dense layers, the quantized products, the output
   dense layer (``dense`` and ``products``: the layers with their options bound), with
@@ -299,29 +334,9 @@ class Bert(nn.Module):
     shape (num_layers, num_heads); layer i reads its first ``layer_heads()[i]`` columns) is
     False: Q, K, V lose those heads' output columns, the attention output those rows. Its
     outputs equal this model's with ``head_mask=keep``."""
-    heads, head_dim = self.layer_heads(), self.hidden_size // self.num_heads
-    keep = np.asarray(keep, bool)
-    if keep.shape != (self.num_layers, self.num_heads):
-      raise ValueError(f'the head mask must have shape (num_layers, num_heads) = '
-                       f'({self.num_layers}, {self.num_heads}), got {keep.shape}.')
-    params = tree_lib.numpy_tree(variables['params'])
-    new_heads = []
-    for i, count in enumerate(heads):
-      kept = np.flatnonzero(keep[i, :count])
-      new_heads.append(len(kept))
-      attention = params[f'layer_{i}']['attention']
-      if count == 0:
-        continue
-      if not len(kept):
-        params[f'layer_{i}']['attention'] = {'output': {'bias': attention['output']['bias']}}
-        continue
-      columns = head_columns(kept, head_dim)
-      for name in ('query', 'key', 'value'):
-        attention[name]['kernel'] = attention[name]['kernel'][:, columns]
-        attention[name]['bias'] = attention[name]['bias'][columns]
-      attention['output']['kernel'] = attention['output']['kernel'][columns, :]
-    small = {**variables, 'params': params}
-    return self.clone(heads_per_layer=tuple(new_heads)), small
+    return shrink_heads(self, variables, keep, lambda i: (f'layer_{i}', 'attention'),
+                        lambda a: {'output': {'bias': a['output']['bias']}},
+                        _slice_bert_heads)
 
   @nn.compact
   def __call__(self, tokens, train: bool = False, head_mask=None):

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mcj.core import registry
-from mcj.core import tree as tree_lib
+from mcj.models.transformers import bert
 from mcj.models.transformers.bert import (OutputBias, check_head_mask, head_columns,
                                           layer_heads, scale_heads)
 from mcj.nn import layers
@@ -136,6 +136,14 @@ class Block(nn.Module):
         norm(name='norm2')(x), train), train)
 
 
+def _slice_vit_heads(attn, kept, count, head_dim):
+  columns = head_columns(kept, head_dim, groups=3, heads=count)  # the fused qkv
+  attn['qkv']['kernel'] = attn['qkv']['kernel'][:, columns]
+  attn['qkv']['bias'] = attn['qkv']['bias'][columns]
+  attn['proj']['kernel'] = attn['proj']['kernel'][head_columns(kept, head_dim), :]
+  return attn
+
+
 class VisionTransformer(nn.Module):
   """ViT with a class-token head; see the module docstring. With every quantizer None
   (the default) it is the float model. ``heads_per_layer`` and the call's ``head_mask``:
@@ -170,28 +178,8 @@ class VisionTransformer(nn.Module):
     shape (num_layers, num_heads); block i reads its first ``layer_heads()[i]`` columns) is
     False: ``qkv`` loses those heads' Q, K and V output columns, ``proj`` those rows. Its
     outputs equal this model's with ``head_mask=keep``."""
-    heads, head_dim = self.layer_heads(), self.hidden_size // self.num_heads
-    keep = np.asarray(keep, bool)
-    if keep.shape != (self.num_layers, self.num_heads):
-      raise ValueError(f'the head mask must have shape (num_layers, num_heads) = '
-                       f'({self.num_layers}, {self.num_heads}), got {keep.shape}.')
-    params = tree_lib.numpy_tree(variables['params'])
-    new_heads = []
-    for i, count in enumerate(heads):
-      kept = np.flatnonzero(keep[i, :count])
-      new_heads.append(len(kept))
-      attn = params[f'block_{i}']['attn']
-      if count == 0:
-        continue
-      if not len(kept):
-        params[f'block_{i}']['attn'] = {'proj': {'bias': attn['proj']['bias']}}
-        continue
-      columns = head_columns(kept, head_dim, groups=3, heads=count)
-      attn['qkv']['kernel'] = attn['qkv']['kernel'][:, columns]
-      attn['qkv']['bias'] = attn['qkv']['bias'][columns]
-      attn['proj']['kernel'] = attn['proj']['kernel'][head_columns(kept, head_dim), :]
-    small = {**variables, 'params': params}
-    return self.clone(heads_per_layer=tuple(new_heads)), small
+    return bert.shrink_heads(self, variables, keep, lambda i: (f'block_{i}', 'attn'),
+                             lambda a: {'proj': {'bias': a['proj']['bias']}}, _slice_vit_heads)
 
   @nn.compact
   def __call__(self, images, train: bool = False, head_mask=None):
