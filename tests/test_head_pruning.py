@@ -321,6 +321,7 @@ def test_trainer_prunes_heads_at_the_end_and_saves_the_rebuilt_model(tmp_path):
   assert os.path.isdir(tmp_path / 'rebuilt' / 'checkpoints')
 
 
+@pytest.mark.slow
 def test_prune_heads_curve_of_a_trained_vit(tmp_path, capsys):
   """python -m mcj.prune_heads on a trained ViT run: fraction 0 rebuilds the run itself
   (its accuracy is the run's), 0.5 keeps half the heads with fewer params."""

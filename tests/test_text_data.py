@@ -377,6 +377,7 @@ def test_confusion_metrics_equal_sklearns():
       assert got['f1'] == pytest.approx(sklearn_metrics.f1_score(labels, predictions))
 
 
+@pytest.mark.slow
 def test_a_glue_run_reports_its_tasks_metrics(mocked, tmp_path):
   """A tiny BERT trained on mocked glue/mrpc: the eval reports F1 (MRPC's metric) as the
   confusion matrix of its predictions gives it."""

@@ -406,6 +406,7 @@ def test_timm_vit_gives_timms_logits(tmp_path):
   assert np.max(np.abs(out - reference)) / np.max(np.abs(reference)) < 1e-4
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_evaluates(tmp_path):
   """A converted workdir has no schedule; mcj.evaluate takes it as it takes a trained run
   (here the HF fixture on the offline Rotten Tomatoes test split, tokenized with its own
