@@ -765,6 +765,7 @@ def _bert_distiller(feature_loss, student_layers=2, teacher_layers=4, **kw):
       student=student, seed=0, place=lambda v: jax.tree.map(jnp.asarray, v))
 
 
+@pytest.mark.slow  # compiles a BERT / ViT: the full tier
 def test_bert_distillers_plan_their_adapters_and_compute():
   student, d = _bert_distiller('tinybert')
   assert d.adapter_shapes == [[((1, 10, 16), (1, 10, 16))] * 3]  # W_e, then W_1, W_2

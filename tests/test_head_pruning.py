@@ -200,6 +200,7 @@ def test_rebuilt_bert_equals_the_masked_one():
   np.testing.assert_array_equal(heads.present_heads(small_model), [[1, 1, 0, 0], [0, 0, 0, 0]])
 
 
+@pytest.mark.slow  # compiles a BERT / ViT: the full tier
 def test_rebuilt_vit_equals_the_masked_one():
   model, variables, images = _vit()
   keep = np.array([[1, 0, 1], [0, 0, 0]], bool)

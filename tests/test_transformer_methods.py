@@ -427,6 +427,7 @@ def test_distilbert_layers():
     losses.distilbert_layers(12, 8)
 
 
+@pytest.mark.slow  # compiles a BERT / ViT: the full tier
 def test_distilbert_init_takes_the_teacher_layers():
   options = dict(hidden_size=16, num_heads=2, vocab_size=50, max_position_embeddings=16)
   ids = jnp.asarray(np.random.default_rng(0).integers(1, 50, (2, 7)))
@@ -634,6 +635,7 @@ def test_score_quantizer_gives_masked_keys_zero_weight_with_dropout(inclusive):
   np.testing.assert_array_equal(f64(attention.apply({}, q, k, flipped, mask)), f64(out))
 
 
+@pytest.mark.slow  # compiles a BERT / ViT: the full tier
 def test_bi_attention_bert_ignores_padding():
   model = bert.Bert(num_classes=3, **TINY, **OPTION_CASES['bibert'])
   params = random_bert_params(model, seed=2)

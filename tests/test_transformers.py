@@ -271,6 +271,7 @@ def test_mask_and_token_types_from_the_ids():
   np.testing.assert_array_equal(mask[:, 0, 0], IDS != 0)
 
 
+@pytest.mark.slow  # compiles a BERT / ViT: the full tier
 @pytest.mark.parametrize('quantized', [False, True], ids=['float', 'binary'])
 def test_padding_does_not_change_the_cls_output(quantized):
   model = get_model('bert_tiny', 3, **TINY_BERT, **(QUANTIZED if quantized else {}))

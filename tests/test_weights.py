@@ -359,6 +359,7 @@ def test_hf_bert_with_tensorflow_names_and_pretraining_heads(tmp_path):
   assert _bert_difference(folder, str(tmp_path / 'run'))[0] < 1e-4
 
 
+@pytest.mark.slow  # compiles a BERT / ViT: the full tier
 def test_hf_bert_encoder_alone_gets_a_fresh_classifier(tmp_path):
   from mcj.models import get_model as get  # pylint: disable=g-import-not-at-top
   folder = _bert_copy(tmp_path, drop=('classifier.',))
