@@ -41,12 +41,11 @@ tuned for the binary stages. Accuracies here are not measured yet: run it.
 Variants: `:runlocal` trains each stage for a few steps (a smoke test).
 """
 import os
-import sys
 
+from mcj.core import config as config_lib
 from mcj.core.config import parse_arg
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bert as single  # noqa: E402  (configs/text/bert.py: the same model, data and recipe)
+SINGLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bert.py')
 
 BINARY_WEIGHTS = {'kernel_quantizer': 'bit_weight', 'kernel_scale': 'none',
                   'embedding_quantizer': 'bit_weight(per="row")', 'quantize_pooler': True,
@@ -71,7 +70,8 @@ BIT_DISTILL = {'label_weight': 0.0, 'logit_loss': 'soft_ce', 'logit_weight': 1.0
 
 def get_config(arg=None):
   arg = parse_arg(arg, runlocal=False)
-  base = single.get_config(f'runlocal={arg.runlocal}')
+  # configs/text/bert.py: the same model, data and recipe
+  base = config_lib.load_config(f'{SINGLE}:runlocal={arg.runlocal}').to_dict()
   shared = {k: v for k, v in base.items() if k != 'model'}
   float_model = dict(base['model'])
   return {
