@@ -30,7 +30,8 @@ from mcj.train import trainer
 
 def curve(workdir: str, fractions, *, batches: int = 20, step: float = 0.0,
           say=print) -> list:
-  """One ``{'fraction', 'eval/accuracy', 'heads_kept', 'params', ...}`` per fraction."""
+  """One ``{'fraction', 'eval/accuracy' (every eval metric), 'metric', 'heads_kept',
+  'params', ...}`` per fraction."""
   config = evaluate_lib.load_run_config(workdir)
   exp = trainer.build(config, say=lambda *a: None)
   if not heads_lib.supports_heads(exp.model):
@@ -55,8 +56,8 @@ def curve(workdir: str, fractions, *, batches: int = 20, step: float = 0.0,
     pruner_lib.save_rebuilt(out, small_config, rebuilt, small_variables, 0)
     result = evaluate_lib.evaluate_workdir(os.path.join(out, 'rebuilt'), record=False,
                                            say=lambda *a: None)
-    row = {'fraction': fraction, 'eval/accuracy': result['eval/accuracy'],
-           'eval/loss': result['eval/loss'], 'heads_kept': int(keep.sum()),
+    row = {'fraction': fraction, **{k: v for k, v in result.items() if k.startswith('eval/')},
+           'metric': result['metric'], 'heads_kept': int(keep.sum()),
            'heads_total': int(keep.size), 'params': heads_lib.param_count(small_variables),
            'heads_per_layer': rebuilt['heads_per_layer']}
     say(json.dumps(row))

@@ -20,6 +20,7 @@ import statistics
 import sys
 
 from mcj.core import config as config_lib
+from mcj.core import metrics as metrics_lib
 from mcj.core.checkpoint import CheckpointError
 from mcj.core.config import ConfigError
 
@@ -78,10 +79,12 @@ def run(config_path: str, args: list[str], seeds: list[int], workdir: str, extra
           return None
       with open(done) as f:
         results.append(json.load(f))
-    accuracies = [r['eval/accuracy'] for r in results]
+    # 'accuracies': each seed's main eval metric (eval/accuracy, or the task's: GLUE)
+    metric = metrics_lib.headline(results[0])[0]
+    accuracies = [metrics_lib.headline(r)[1] for r in results]
     first = results[0]
     rows.append({
-        'arg': arg, 'seeds': seeds, 'accuracies': accuracies,
+        'arg': arg, 'seeds': seeds, 'metric': metric, 'accuracies': accuracies,
         'accuracy_mean': statistics.fmean(accuracies),
         'accuracy_std': statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         **{k: first.get(k) for k in ('model', 'params', 'binary_params', 'model_size_bytes',
@@ -96,7 +99,8 @@ def format_rows(rows: list[dict]) -> str:
   """A Markdown table; runs that report sparsity add kernel sparsity and non-zero params
   and MACs."""
   sparse = all('sparsity' in r for r in rows) and any(r['sparsity'] > 0 for r in rows)
-  lines = ['| run | model | accuracy (mean +- std) | seeds | params | binary params | '
+  metric = rows[0].get('metric', 'eval/accuracy')[5:] if rows else 'accuracy'
+  lines = [f'| run | model | {metric} (mean +- std) | seeds | params | binary params | '
            'model size | compression |' + (' sparsity | non-zero params | non-zero MACs |'
                                           if sparse else ''),
            '|---|---|---|---|---|---|---|---|' + ('---|---|---|' if sparse else '')]

@@ -331,14 +331,14 @@ def test_pool_embedding():
 
 
 def test_registry():
-  assert registry.names('logit_loss') == ['dist', 'distribution', 'kd', 'soft_ce']
+  assert registry.names('logit_loss') == ['dist', 'distribution', 'kd', 'mse', 'soft_ce']
   assert registry.names('feature_loss') == ['at', 'dmd', 'fitnet', 'real_to_binary', 'rkd',
                                             'tinybert']
   assert registry.get('logit_loss', 'kd') is objectives.kd
   # each loss declares its own default temperature (None: it takes none)
   assert {n: registry.info('logit_loss', n)['temperature'] for n in
           registry.names('logit_loss')} == {'kd': 4.0, 'dist': 1.0, 'distribution': None,
-                                            'soft_ce': 1.0}
+                                            'mse': None, 'soft_ce': 1.0}
   assert registry.info('feature_loss', 'fitnet')['adapter'] is not None
   assert registry.info('feature_loss', 'tinybert')['adapter'] is not None
   assert not any('adapter' in registry.info('feature_loss', n) for n in ('at', 'rkd', 'dmd'))
@@ -346,7 +346,7 @@ def test_registry():
   # the transformer losses read the sown taps: a plan instead of paired grids
   assert all('plan' in registry.info('feature_loss', n) for n in ('tinybert', 'dmd'))
   with pytest.raises(ConfigError, match=r"^Unknown distill\.logit_loss 'kl'\. "
-                     r"Valid: dist, distribution, kd, soft_ce\.$"):
+                     r"Valid: dist, distribution, kd, mse, soft_ce\.$"):
     registry.get('logit_loss', 'kl')
   with pytest.raises(ConfigError, match=r"^Unknown distill\.feature_loss 'fitnets'\. Did you "
                      r"mean 'fitnet'\? Valid: at, dmd, fitnet, real_to_binary, rkd, "

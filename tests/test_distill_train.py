@@ -128,12 +128,16 @@ def test_teacher_spec_errors(teacher_dir):
     teachers_lib.teacher_spec({'init_from': teacher_dir, 'wieght': 1}, 1)
   with pytest.raises(ConfigError, match='start < end'):
     teachers_lib.teacher_spec({'init_from': teacher_dir, 'start': 0.5, 'end': 0.5}, 0)
-  # The model comes from the teacher's own config.json.
+  # The model comes from the teacher's own config.json; a plain string is the init_from.
   assert teachers_lib.teacher_spec({'init_from': teacher_dir}, 0)['model']['name'] == 'resnet20'
+  assert teachers_lib.teacher_spec(teacher_dir, 0) == teachers_lib.teacher_spec(
+      {'init_from': teacher_dir}, 0)
+  with pytest.raises(ConfigError, match=r'teachers\[0\] is 3: give a dict'):
+    teachers_lib.teacher_spec(3, 0)
   with pytest.raises(ConfigError, match='Unknown distill.feature_loss'):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], feature_loss='atention')
   with pytest.raises(ConfigError, match=r"^Unknown distill\.logit_loss 'kl'\. "
-                     r"Valid: dist, distribution, kd, soft_ce\.$"):
+                     r"Valid: dist, distribution, kd, mse, soft_ce\.$"):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss='kl')
   with pytest.raises(ConfigError, match="logit_loss='distribution' takes no temperature"):
     _distiller([{'init_from': 'random', 'model': SHALLOW}], logit_loss='distribution',

@@ -196,3 +196,30 @@ def test_binary_block_named_optimizer_uses_its_own_lr_and_no_decay():
   np.testing.assert_allclose(updates['binary']['kernel'], [[-0.01, 0.01]], rtol=1e-5)
   # SGD with coupled decay: -lr * (g + wd * w).
   np.testing.assert_allclose(updates['real']['kernel'], [[-0.1 * (1.0 + 0.5 * 0.5)]], rtol=1e-6)
+
+
+def test_quantizer_lr_trains_the_learned_scales_at_their_own_rate():
+  """optimizer.quantizer_lr: LSQ steps and BiT / PACT alphas follow the schedule scaled to
+  their own peak lr, without weight decay (BiT's --clip_lr); BiT's thresholds (beta) and
+  the kernels keep the weights' lr (SGD: the update is -lr * g)."""
+  c = config(optimizer__name='sgd', optimizer__momentum=0.0, optimizer__lr=0.5,
+             optimizer__quantizer_lr=0.05, optimizer__weight_decay=0.1)
+  params = {'Dense_0': {'kernel': jnp.ones((2, 2)), 'LSQ_0': {'step': jnp.float32(2.0)},
+                        'ElasticQuant_0': {'alpha': jnp.float32(2.0), 'beta': jnp.ones(3)}},
+            'PACT_3': {'alpha': jnp.float32(2.0)}, 'step': jnp.float32(2.0)}
+  schedule = optim.make_schedule(c, total_steps=100, steps_per_epoch=10.0)
+  tx = optim.make_optimizer(c, schedule)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  lr = float(schedule(0))
+  u = updates['Dense_0']
+  assert float(u['LSQ_0']['step']) == pytest.approx(-lr * 0.1)  # 0.05 / 0.5 of the schedule
+  assert float(u['ElasticQuant_0']['alpha']) == pytest.approx(-lr * 0.1)
+  assert float(updates['PACT_3']['alpha']) == pytest.approx(-lr * 0.1)
+  np.testing.assert_allclose(u['ElasticQuant_0']['beta'], -lr * np.ones(3), rtol=1e-6)
+  np.testing.assert_allclose(u['kernel'], -lr * (1 + 0.1) * np.ones((2, 2)), rtol=1e-6)
+  assert float(updates['step']) == pytest.approx(-lr)  # not a quantizer's: the weights' lr
+  with pytest.raises(ConfigError, match='quantizer_lr must be >= 0'):
+    config(optimizer__quantizer_lr=-1.0)
+  with pytest.raises(ConfigError, match='quantizer_lr follows the schedule'):
+    optim.make_optimizer(config(optimizer__lr=0.0, optimizer__quantizer_lr=0.1), schedule)

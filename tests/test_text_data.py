@@ -391,3 +391,92 @@ def test_a_glue_run_reports_its_tasks_metrics(mocked, tmp_path):
             'optimizer': {'name': 'adamw', 'lr': 1e-3}}
   results = train_and_evaluate(config, str(tmp_path))
   assert 0.0 <= results['eval/f1'] <= 1.0 and 0.0 <= results['eval/accuracy'] <= 1.0
+
+
+# -- regression (glue/stsb's kind of task) -------------------------------------------------
+
+TINY_BERT = {'name': 'bert_tiny', 'num_layers': 1, 'hidden_size': 32, 'vocab_size': 1100,
+             'max_position_embeddings': 32}
+
+
+def _regression_config(**overrides):
+  config = {'seed': 0, 'batch_size': 8, 'total_steps': 2, 'log_every_steps': 1,
+            'checkpoint_every_steps': 0, 'eval_every_steps': 0, 'model': TINY_BERT,
+            'data': {'name': 'synthetic', 'num_classes': 1, 'max_length': 16,
+                     'vocab_size': 1100, 'num_train_examples': 64, 'num_eval_examples': 21},
+            'optimizer': {'name': 'adamw', 'lr': 1e-3}}
+  config.update(overrides)
+  return config
+
+
+def test_regression_trains_the_squared_error_and_evaluates_correlations():
+  """One output and float labels: the train loss is the squared error of the output, the
+  eval reports the mean squared error and the Pearson / Spearman correlations of every
+  eval output (padding left out, 4 devices) as numpy computes them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mcj.core import parallel  # pylint: disable=g-import-not-at-top
+  from mcj.train import steps, trainer  # pylint: disable=g-import-not-at-top
+  from mcj.train.schema import merge_config  # pylint: disable=g-import-not-at-top
+  exp = trainer.build(merge_config(_regression_config()), say=lambda *a: None)
+  assert exp.info.num_classes == 1 and exp.mesh.devices.size == 4
+  state = trainer.init_state(exp)
+  p_train_step, p_eval_step = trainer.exp_steps(exp)
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  forward = jax.jit(lambda v, x: exp.model.apply(v, x, train=False))
+  outputs, labels = [], []
+  for batch in exp.dataset.eval_batches(exp.eval_batch_size):
+    keep = batch['mask'] > 0
+    outputs.append(np.asarray(forward(variables, batch['image']))[keep, 0])
+    labels.append(batch['label'][keep])
+  outputs, labels = np.concatenate(outputs), np.concatenate(labels)
+  assert len(outputs) == 21 and labels.dtype == np.float32
+  got = trainer.evaluate(exp, p_eval_step, state)
+  assert set(got) == {'eval/loss', 'eval/pearson', 'eval/spearman'}
+  assert got['eval/loss'] == pytest.approx(np.mean((outputs - labels) ** 2), rel=1e-4)
+  assert got['eval/pearson'] == pytest.approx(glue.pearson(outputs, labels), abs=1e-3)
+  assert got['eval/spearman'] == pytest.approx(glue.spearman(outputs, labels), abs=1e-3)
+  batch = next(exp.dataset.train_batches(0, 8))
+  logits = forward(variables, batch['image'])
+  np.testing.assert_allclose(steps.task_loss(logits, batch['label'], 1),
+                             (np.asarray(logits)[:, 0] - batch['label']) ** 2, rtol=1e-6)
+  _, metrics = p_train_step(state, parallel.shard_batch(exp.mesh, batch),
+                            exp.teacher_variables)
+  metrics = parallel.fetch(metrics)
+  assert 'train/accuracy' not in metrics and np.isfinite(metrics['train/loss'])
+
+
+def test_regression_refuses_class_losses_and_label_smoothing(tmp_path):
+  from mcj.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match='regression task.*label_smoothing'):
+    train_and_evaluate(_regression_config(label_smoothing=0.1), str(tmp_path / 'a'))
+  teacher = {'model': TINY_BERT}
+  with pytest.raises(ConfigError, match=r"logit_loss='kd'.*regression.*'mse'"):
+    train_and_evaluate(_regression_config(distill={'teachers': [teacher], 'logit_loss': 'kd'}),
+                       str(tmp_path / 'b'))
+
+
+def test_logit_mse_is_tinyberts_regression_loss():
+  from mcj.compress.distill import losses  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  s, t = rng.normal(size=(6, 1)), rng.normal(size=(6, 1))
+  assert float(losses.logit_mse(s, t)) == pytest.approx(np.mean((s[:, 0] - t[:, 0]) ** 2),
+                                                        rel=1e-6)
+
+
+@pytest.mark.slow
+def test_an_stsb_run_reports_pearson_and_spearman(mocked, tmp_path):
+  """A tiny BERT trained on mocked glue/stsb (float labels), distilled with 'mse' from a
+  teacher stage: the run is judged by eval/pearson, and mcj.evaluate reports the same."""
+  from mcj.train import evaluation  # pylint: disable=g-import-not-at-top
+  from mcj.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  data = {'name': 'glue/stsb', 'data_dir': '/unused/by/mock_data', 'max_length': 32,
+          'vocab_file': VOCAB}
+  teacher = train_and_evaluate(_regression_config(data=data, total_steps=3),
+                               str(tmp_path / 'teacher'))
+  assert teacher['metric'] == 'eval/pearson' and 'eval/accuracy' not in teacher
+  student = train_and_evaluate(_regression_config(
+      data=data, total_steps=3, distill={'teachers': [str(tmp_path / 'teacher')],
+                                         'logit_loss': 'mse'}), str(tmp_path / 'student'))
+  assert -1.0 <= student['eval/pearson'] <= 1.0 and -1.0 <= student['eval/spearman'] <= 1.0
+  again = evaluation.evaluate_workdir(str(tmp_path / 'student'), say=lambda *a: None)
+  assert again['eval/pearson'] == pytest.approx(student['eval/pearson'], abs=1e-5)

@@ -83,22 +83,64 @@ def test_bit_elastic_forward_and_gradients(signed):
   alpha, beta = 0.5, 0.25  # exact in binary floating point: the grid stays on its points
   x = jnp.asarray(elastic_points(alpha, beta, signed))
   model = Quantize(f'bit_elastic(signed={signed})')
-  init = jax.jit(model.init)(jax.random.key(0), x)['params']['ElasticBinary_0']
+  init = jax.jit(model.init)(jax.random.key(0), x)['params']['ElasticQuant_0']
   # alpha starts as BiT's AlphaInit: 2 mean|x| (signed) or 4 mean|x| (unsigned); beta at 0.
   np.testing.assert_allclose(init['alpha'], (2 if signed else 4) * np.abs(f64(x)).mean(),
                              rtol=1e-6)
   assert init['beta'].shape == () and float(init['beta']) == 0.0
-  params = {'ElasticBinary_0': {'alpha': jnp.float32(alpha), 'beta': jnp.float32(beta)}}
+  params = {'ElasticQuant_0': {'alpha': jnp.float32(alpha), 'beta': jnp.float32(beta)}}
   y, (dparams, dx), c = vjp_of(lambda p, x: model.apply({'params': p}, x), params, x)
   ref_y, inside, dalpha = np_elastic(f64(x), alpha, beta, signed)
   np.testing.assert_array_equal(f64(y), ref_y)
   np.testing.assert_allclose(f64(dx), c * inside, **TOL)                       # STE in range
-  grads = dparams['ElasticBinary_0']
+  grads = dparams['ElasticQuant_0']
   np.testing.assert_allclose(grads['beta'], -(c * inside).sum(), rtol=1e-5)      # eq. 7
   np.testing.assert_allclose(grads['alpha'], (c * dalpha).sum() / math.sqrt(x.size),
                              rtol=1e-5, atol=1e-6)                              # eq. 6
   values = set(np.unique(ref_y))
   assert values == ({-alpha, alpha} if signed else {0.0, alpha})
+
+
+def np_elastic_2bit(x, alpha, beta, signed):
+  """BiT's code at 2 bits (ElasticQuantBinarizerSigned / Unsigned, num_bits=2): levels
+  -2 .. 1 (signed) or 0 .. 3 after subtracting the input's minimum (unsigned)."""
+  qn, qp = (-2, 1) if signed else (0, 3)
+  v = x - beta
+  low = 0.0 if signed else v.min()
+  q = (v - low) / alpha
+  y = np.clip(np.round(q), qn, qp) * alpha + low
+  inside = (q >= qn) & (q <= qp)
+  # LSQ's eq. 3 at the clip boundaries (q = Qn or Qp exactly: Qn / Qp); the code's strict
+  # comparisons give round(q) - q = 0 there, a difference on a set of measure zero.
+  dalpha = np.where(q <= qn, qn, np.where(q >= qp, qp, np.round(q) - q))
+  return y, inside * 1.0, dalpha, qp
+
+
+@pytest.mark.parametrize('signed', [True, False])
+def test_bit_elastic_two_bits_is_bits_w1a2_quantizer(signed):
+  alpha, beta = 0.5, 0.25
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(np.concatenate([
+      np.array([-1.25, -1.0, -0.75, -0.5, 0.0, 0.125, 0.5, 0.75, 1.0, 2.0]) + beta,
+      rng.normal(beta, 1.0, 40)]).astype(np.float32).reshape(-1, 1))
+  model = Quantize(f'bit_elastic(bits=2, signed={signed}, threshold="tensor")')
+  init = jax.jit(model.init)(jax.random.key(0), x)['params']['ElasticQuant_0']
+  qp = 1 if signed else 3  # AlphaInit: 2 (signed) or 4 (unsigned) mean|x| / sqrt(Qp)
+  np.testing.assert_allclose(init['alpha'], (2 if signed else 4) * np.abs(f64(x)).mean()
+                             / math.sqrt(qp), rtol=1e-6)
+  params = {'ElasticQuant_0': {'alpha': jnp.float32(alpha), 'beta': jnp.float32(beta)}}
+  y, (dparams, dx), c = vjp_of(lambda p, x: model.apply({'params': p}, x), params, x)
+  ref_y, inside, dalpha, qp = np_elastic_2bit(f64(x), alpha, beta, signed)
+  np.testing.assert_allclose(f64(y), ref_y, atol=1e-6)
+  np.testing.assert_allclose(f64(dx), c * inside, **TOL)
+  grads = dparams['ElasticQuant_0']
+  np.testing.assert_allclose(grads['alpha'], (c * dalpha).sum() / math.sqrt(x.size * qp),
+                             rtol=1e-4, atol=1e-6)
+  # The unsigned shift is a constant (the code's min().item()): beta's gradient is -dx.
+  np.testing.assert_allclose(grads['beta'], -(c * inside).sum(), rtol=1e-4, atol=1e-5)
+  levels = np.unique(np.round((ref_y - (0 if signed else ref_y.min())) / alpha))
+  assert set(levels) <= ({-2, -1, 0, 1} if signed else {0, 1, 2, 3}) and len(levels) == 4
+  assert quantizers.resolve('bit_elastic(bits=2)').precision == 2
 
 
 def test_bit_elastic_signed_alpha_gradient_is_the_true_derivative():
@@ -109,7 +151,7 @@ def test_bit_elastic_signed_alpha_gradient_is_the_true_derivative():
   c = np.random.default_rng(2).uniform(0.5, 2, x.shape) * np_sign(f64(x) + 0.1)  # no cancelling
 
   def objective(alpha):
-    p = {'ElasticBinary_0': {'alpha': alpha, 'beta': jnp.float32(-0.1)}}
+    p = {'ElasticQuant_0': {'alpha': alpha, 'beta': jnp.float32(-0.1)}}
     return jnp.sum(jnp.asarray(c, jnp.float32) * model.apply({'params': p}, x))
 
   grad = jax.grad(objective)(jnp.float32(0.7)) * math.sqrt(x.size)
@@ -122,12 +164,12 @@ def test_bit_elastic_signed_alpha_gradient_is_the_true_derivative():
 def test_bit_elastic_thresholds_init_and_dtype():
   x = jnp.asarray(np.random.default_rng(0).normal(0, 1, (2, 5, 6)), jnp.bfloat16)
   def init(spec, x):
-    return jax.jit(Quantize(spec).init)(jax.random.key(0), x)['params']['ElasticBinary_0']
+    return jax.jit(Quantize(spec).init)(jax.random.key(0), x)['params']['ElasticQuant_0']
 
   assert init('bit_elastic(threshold="channel")', x)['beta'].shape == (6,)  # per feature
   assert set(init('bit_elastic(signed=False, threshold="none")', x)) == {'alpha'}
   model = Quantize('bit_elastic')
-  y = jax.jit(model.apply)({'params': {'ElasticBinary_0': init('bit_elastic', x)}}, x)
+  y = jax.jit(model.apply)({'params': {'ElasticQuant_0': init('bit_elastic', x)}}, x)
   assert y.dtype == jnp.bfloat16 and len(np.unique(f64(y))) == 2
   # An all-zero first input: alpha_init, by default 2 sqrt(2 / pi) (a unit-normal input).
   zeros = jnp.zeros((3, 4))
@@ -136,7 +178,7 @@ def test_bit_elastic_thresholds_init_and_dtype():
   np.testing.assert_allclose(init('bit_elastic(alpha_init=0.3)', zeros)['alpha'], 0.3,
                              rtol=1e-6)
   # alpha is clamped at 1e-5 in the computation (the code's eps).
-  tiny = {'ElasticBinary_0': {'alpha': jnp.float32(-1.0), 'beta': jnp.float32(0.0)}}
+  tiny = {'ElasticQuant_0': {'alpha': jnp.float32(-1.0), 'beta': jnp.float32(0.0)}}
   np.testing.assert_allclose(f64(jax.jit(model.apply)({'params': tiny}, x)),
                              1e-5 * np_sign(f64(x)), rtol=1e-2)
 
@@ -147,8 +189,8 @@ def test_bit_elastic_in_layers_becomes_their_params():
   dense = layers.QuantDense(3, input_quantizer='bit_elastic(threshold="channel")',
                             kernel_quantizer='bit_weight')
   params = jax.jit(dense.init)(jax.random.key(0), x)['params']
-  assert params['ElasticBinary_0']['beta'].shape == (8,)
-  elastic = params['ElasticBinary_0']
+  assert params['ElasticQuant_0']['beta'].shape == (8,)
+  elastic = params['ElasticQuant_0']
   xb = float(elastic['alpha']) * np_sign(f64(x) - f64(elastic['beta']))
   w = f64(params['kernel'])
   wb = np.abs(w).mean() * np_sign(w - w.mean())
@@ -162,8 +204,8 @@ def test_bit_elastic_in_layers_becomes_their_params():
   q, k, v = (jnp.asarray(rng.normal(0, 1, (2, 6, 2, 4)), jnp.float32) for _ in range(3))
   params = jax.jit(attention.init)(jax.random.key(0), q, k, v)['params']
   # One alpha per operand: Q, K, the probabilities, V (BiT's clip_query/key/attn/value).
-  assert sorted(params) == [f'ElasticBinary_{i}' for i in range(4)]
-  alpha = [float(params[f'ElasticBinary_{i}']['alpha']) for i in range(4)]
+  assert sorted(params) == [f'ElasticQuant_{i}' for i in range(4)]
+  alpha = [float(params[f'ElasticQuant_{i}']['alpha']) for i in range(4)]
   np.testing.assert_allclose(alpha[0], 2 * np.abs(f64(q)).mean(), rtol=1e-5)
   np.testing.assert_allclose(alpha[1], 2 * np.abs(f64(k)).mean(), rtol=1e-5)
   qb, kb = alpha[0] * np_sign(f64(q)), alpha[1] * np_sign(f64(k))

@@ -84,6 +84,14 @@ class Progress:
 
 def console_line(step, total, metrics) -> str:
   eta = datetime.timedelta(seconds=round(metrics.get('eta_seconds', 0)))
-  return (f"step {step:>7}/{total} | loss {metrics['train/loss']:.4f} | "
-          f"acc {metrics['train/accuracy']:.4f} | lr {metrics['lr']:.3g} | "
-          f"{metrics['img_per_sec']:,.0f} img/s | ETA {eta}")
+  accuracy = (f"acc {metrics['train/accuracy']:.4f} | " if 'train/accuracy' in metrics
+              else '')  # a regression task has none
+  return (f"step {step:>7}/{total} | loss {metrics['train/loss']:.4f} | {accuracy}"
+          f"lr {metrics['lr']:.3g} | {metrics['img_per_sec']:,.0f} img/s | ETA {eta}")
+
+
+def headline(results: dict) -> tuple:
+  """``(name, value)`` of a run's main eval metric: ``results['metric']`` (its task's
+  first: eval/f1 for MRPC, eval/pearson for STS-B), else eval/accuracy."""
+  name = results.get('metric') or 'eval/accuracy'
+  return name, results.get(name, float('nan'))

@@ -15,6 +15,7 @@ import os
 import socket
 
 from mcj.core.config import ConfigError
+from mcj.core import metrics as metrics_lib
 
 LOCK_NAME = '.lock'
 # Keys that change how a run is observed or stored, not what it computes.
@@ -168,9 +169,9 @@ def open_run(workdir: str, config: dict, config_json: str, *, allow_change: bool
     if os.path.exists(results_path):
       with open(results_path) as f:
         results = json.load(f)
-      accuracy = results.get('eval/accuracy')
+      metric, value = metrics_lib.headline(results)
       say(f'mcj: {workdir} is finished (step {results.get("step")}'
-          + (f', eval/accuracy {accuracy:.4f}' if isinstance(accuracy, float) else '')
+          + (f', {metric} {value:.4f}' if isinstance(value, float) else '')
           + '); its results.json is left as it was. Use a new --workdir to train again.')
       yield results
       return

@@ -23,10 +23,10 @@ GLUE's test splits hide their labels (-1) and are refused. f1 is the F1 of class
 (paraphrase / duplicate); ``metrics(task, labels, outputs)`` computes a task's metrics.
 
 STS-B is a regression task: its label is a float32 similarity in [0, 5] and it has one
-output (``num_classes=1``). Its batches carry float32 labels; a trainer needs a
-one-output model, a squared-error loss on ``outputs[:, 0]`` and Pearson / Spearman
-correlation of the outputs with the labels on the eval split in place of accuracy. mcj's
-trainer (cross-entropy on int labels, accuracy) trains the classification tasks only.
+output (``num_classes=1``). The trainer then fits the squared error of ``outputs[:, 0]``
+(``mcj.train.steps.task_loss``; ``eval/loss`` is the eval split's mean squared error) and
+reports the Pearson and Spearman correlations of the outputs with the labels over the
+whole eval split in place of accuracy; distillation takes ``distill.logit_loss='mse'``.
 
 Each split is read whole into memory on every host (text is small: MNLI's 393k training
 pairs are about 70 MB) and tokenized there; the batches then come from

@@ -16,8 +16,9 @@ POOL_BATCHES = 4
 
 @registry.register('dataset', 'synthetic')
 class SyntheticDataset:
-  """Options in ``config.data``: image_size, channels, num_classes, num_train_examples,
-  num_eval_examples; max_length and vocab_size for token ids."""
+  """Options in ``config.data``: image_size, channels, num_classes (1: a regression task,
+  standard-normal float labels), num_train_examples, num_eval_examples; max_length and
+  vocab_size for token ids."""
 
   @staticmethod
   def dataset_info(data_config) -> data_lib.DatasetInfo:
@@ -47,9 +48,12 @@ class SyntheticDataset:
         return ids
       return rng.standard_normal(shape, dtype=np.float32)
 
-    return [{'image': examples()[rows],
-             'label': rng.integers(0, self.info.num_classes, batch_size).astype(np.int32)[rows]}
-            for _ in range(POOL_BATCHES)]
+    def labels():  # num_classes 1: a regression task's float labels
+      if self.info.num_classes == 1:
+        return rng.standard_normal(batch_size).astype(np.float32)
+      return rng.integers(0, self.info.num_classes, batch_size).astype(np.int32)
+
+    return [{'image': examples()[rows], 'label': labels()[rows]} for _ in range(POOL_BATCHES)]
 
   def train_batches(self, start_step: int, global_batch_size: int):
     pool = self._pool(global_batch_size, salt=0)

@@ -28,7 +28,7 @@ irnet_weight                IR-Net weights: per-filter balance, EDE sign, 2^n sc
 lsq                         LSQ k-bit with a learned step size (per tensor or per channel)
 uniform                     symmetric k-bit with the tensor's own range (per tensor or channel)
 pact                        PACT k-bit activations with a learned clipping level
-bit_elastic                 BiT elastic binary activation: learned scale and threshold
+bit_elastic                 BiT elastic activation (1 or 2 bits): learned scale and threshold
 bit_weight                  BiT weights (BWN): mean|W| x sign(W - mean W), identity grad
 bibert_weight               BiBERT weights: per-row centred sign x mean|W|, clipped grad
 bibert_bool                 BiBERT's bool: {0, 1} attention weights from the scores
@@ -712,12 +712,13 @@ def _bit_elastic_bwd(signed, grad_scale, residuals, g):
 _bit_elastic.defvjp(_bit_elastic_fwd, _bit_elastic_bwd)
 
 
-class ElasticBinary(nn.Module):
-  """BiT's elastic binary activation (Liu et al. 2022, section 3.2, eq. 5-7), as the
-  official code computes it (``ElasticQuantBinarizerSigned`` / ``...Unsigned`` at 1 bit,
-  after ``LearnableBias``).
+class ElasticQuant(nn.Module):
+  """BiT's elastic activation quantizer (Liu et al. 2022, section 3.2, eq. 5-7), as the
+  official code computes it (``ElasticQuantBinarizerSigned`` / ``...Unsigned`` after
+  ``LearnableBias``): binary at ``bits=1``, LSQ-like at 2 bits (the W1A2 stage).
 
-  With a learned scale ``alpha`` (param ``alpha``) and threshold ``beta`` (param ``beta``):
+  With a learned scale ``alpha`` (param ``alpha``) and threshold ``beta`` (param ``beta``),
+  one bit:
 
     non-negative inputs (``signed=False``: attention probabilities, after-ReLU/GELU
     activations):  X_B = alpha * round(clip((X - beta) / alpha, 0, 1))   (eq. 5), in {0, alpha}
@@ -738,12 +739,22 @@ class ElasticBinary(nn.Module):
   Rounding is half to even (as ``torch.round``): q = 0.5 gives 0. ``sign(0) = +1``
   (``torch.sign`` gives 0 there).
 
+  ``bits >= 2``: LSQ (``_lsq``, Esser et al. 2020) of ``v = X - beta`` with step ``alpha``,
+  levels -2^(b-1) .. 2^(b-1) - 1 (signed: {-2, -1, 0, 1} at 2 bits) or 0 .. 2^b - 1
+  (unsigned); the unsigned input is shifted by its own minimum first (a constant: the code's
+  ``min_val = input.min().item()``), ``alpha * round(clip((v - min v) / alpha, 0, Qp)) +
+  min v``, so only the range above the minimum is quantized. The step's gradient at the
+  clip boundaries follows LSQ's eq. 3 (``-Qn`` / ``Qp`` at ``q`` exactly on them; the
+  code's strict comparisons give 0 there, a set of measure zero).
+
   ``alpha`` starts as the code's ``AlphaInit`` sets it from the first input it sees:
-  ``2 mean|X|`` (signed) or ``4 mean|X|`` (unsigned) (``Qp = 1`` in ``2 (4) mean|X| /
-  sqrt(Qp)``; the paper writes ``mean|X|``, its eq. 2). An all-zero first input (the dummy
+  ``2 mean|X| / sqrt(Qp)`` (signed) or ``4 mean|X| / sqrt(Qp)`` (unsigned; ``Qp = 1`` at one
+  bit; the paper writes ``mean|X|``, its eq. 2). An all-zero first input (the dummy
   batch ``model.init`` may get) gives no information; then ``alpha_init`` is used, by
-  default ``2 sqrt(2/pi)``: the code's value for a unit-normal input, signed or (4 mean of
-  its ReLU) unsigned. ``beta`` starts at 0.
+  default ``2 sqrt(2/pi) / sqrt(Qp)``: the code's value for a unit-normal input, signed or
+  (4 mean of its ReLU) unsigned. ``beta`` starts at 0. Both keep their names across bit
+  widths, so a W1A1 stage initialised from a W1A2 one (``init_from_partial``) starts from
+  its learned scales and thresholds, as BiT's code loads them.
 
   ``threshold``: ``'tensor'`` one ``beta`` (the paper's scalar), ``'channel'`` one per entry
   of the last axis (the code's ``LearnableBias(in_features)`` before a linear layer's input
@@ -755,31 +766,43 @@ class ElasticBinary(nn.Module):
   signed: bool = True
   threshold: str = 'tensor'
   alpha_init: float | None = None
+  bits: int = 1
 
   @nn.compact
   def __call__(self, x):
     if self.threshold not in THRESHOLDS:
       raise ValueError(f'threshold must be one of {THRESHOLDS}, got {self.threshold!r}.')
     x32 = x.astype(jnp.float32)
-    fallback = self.alpha_init if self.alpha_init is not None else 2 * math.sqrt(2 / math.pi)
+    qn, qp = (0, 1) if self.bits == 1 else _lsq_levels(self.bits, self.signed)
+    fallback = (self.alpha_init if self.alpha_init is not None
+                else 2 * math.sqrt(2 / math.pi) / math.sqrt(qp))
 
     def init(rng):
       del rng
-      from_data = (2.0 if self.signed else 4.0) * jnp.mean(jnp.abs(x32))
+      from_data = (2.0 if self.signed else 4.0) * jnp.mean(jnp.abs(x32)) / math.sqrt(qp)
       return jnp.where(from_data > 0, from_data, jnp.float32(fallback))
 
     alpha = self.param('alpha', init)
     if self.threshold != 'none':
       shape = () if self.threshold == 'tensor' else (x.shape[-1],)
       x32 = x32 - self.param('beta', nn.initializers.zeros, shape, jnp.float32)
-    return _bit_elastic(x32, alpha, self.signed, 1 / math.sqrt(x.size)).astype(x.dtype)
+    grad_scale = 1 / math.sqrt(x.size * qp)
+    if self.bits == 1:
+      return _bit_elastic(x32, alpha, self.signed, grad_scale).astype(x.dtype)
+    # The clamp at 1e-5 passes alpha's gradient unchanged, as the code's.
+    step = alpha + jax.lax.stop_gradient(jnp.maximum(alpha, _BIT_ALPHA_EPS) - alpha)
+    if self.signed:
+      return _lsq(x32, step, qn, qp, grad_scale).astype(x.dtype)
+    low = jax.lax.stop_gradient(jnp.min(x32))
+    return (_lsq(x32 - low, step, qn, qp, grad_scale) + low).astype(x.dtype)
 
 
 @registry.register('quantizer', 'bit_elastic')
 def bit_elastic(signed: bool = True, threshold: str = 'tensor',
-                alpha_init: float | None = None) -> Quantizer:
-  """BiT's elastic binary activation with a learned scale and threshold; see
-  ``ElasticBinary``. One bit: {0, alpha} (``signed=False``) or {-alpha, alpha}.
+                alpha_init: float | None = None, bits: int = 1) -> Quantizer:
+  """BiT's elastic activation with a learned scale and threshold; see ``ElasticQuant``.
+  One bit: {0, alpha} (``signed=False``) or {-alpha, alpha}; ``bits=2``: the W1A2 stage's
+  2-bit elastic quantizer (LSQ with BiT's initialisation and unsigned shift).
 
   As BiT binarizes a BERT (facebookresearch/bit, 1-bit activations with ``sym_quant_qkvo``
   True and ``sym_quant_ffn_attn`` False): ``signed=True, threshold='channel'`` for the
@@ -792,11 +815,12 @@ def bit_elastic(signed: bool = True, threshold: str = 'tensor',
   _check(threshold in THRESHOLDS,
          f'bit_elastic threshold must be one of {", ".join(THRESHOLDS)}, got {threshold!r}.')
   alpha_init = None if alpha_init is None else _number('bit_elastic', 'alpha_init', alpha_init)
+  bits = _integer('bit_elastic', 'bits', bits, 1)
 
   def quantize(x):
-    return ElasticBinary(signed, threshold, alpha_init)(x)
+    return ElasticQuant(signed, threshold, alpha_init, bits)(x)
 
-  return _with_precision(quantize, 1)
+  return _with_precision(quantize, bits)
 
 
 def _reduce_axes(ndim: int, per: str):
@@ -910,6 +934,22 @@ def bibert_bool(inclusive: bool = False) -> Quantizer:
 def get(name: str, **kwargs) -> Quantizer:
   """The quantizer ``name`` built with ``kwargs``; unknown names list the valid ones."""
   return registry.build('quantizer', {'name': name, **kwargs})
+
+
+# The learned scales of the quantizers (LSQ's step, PACT's clip level, BiT's alpha): the
+# parameters ``optimizer.quantizer_lr`` trains at their own learning rate (BiT's and
+# BiBERT's scripts: ``--clip_lr 1e-4`` for every ``clip_`` parameter).
+LEARNED_SCALES = {'LSQ': 'step', 'PACT': 'alpha', 'ElasticQuant': 'alpha'}
+
+
+def is_learned_scale(path) -> bool:
+  """True for a param path (tuple of names) that ends in a quantizer's learned scale:
+  ``(..., 'LSQ_0', 'step')``."""
+  if len(path) < 2:
+    return False
+  module, leaf = str(path[-2]), str(path[-1])
+  return any(module.startswith(name + '_') and leaf == scale
+             for name, scale in LEARNED_SCALES.items())
 
 
 def resolve(spec) -> Quantizer | None:

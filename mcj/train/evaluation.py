@@ -60,7 +60,7 @@ def evaluate_workdir(workdir: str, overrides=(), *, record: bool = True, say=pri
   result = {'workdir': os.path.abspath(workdir), 'data': config.data.name,
             'split': config.data.eval_split or 'default eval split',
             'examples': exp.info.num_eval_examples, 'seconds': round(time.time() - start, 2),
-            **metrics}
+            'metric': trainer.main_metric(exp.info), **metrics}
   if record and jax.process_index() == 0:
     with open(os.path.join(workdir, EVALUATIONS), 'a') as f:
       f.write(json.dumps(result, sort_keys=True) + '\n')

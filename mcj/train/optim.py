@@ -1,6 +1,11 @@
 """Optimizers and learning-rate schedules by name, from ``config.optimizer`` and
 ``config.schedule``; each is one registered function.
 
+``optimizer.quantizer_lr`` (None: the weights' lr) trains the quantizers' learned scales
+(LSQ steps, PACT and BiT alphas: ``quant.quantizers.is_learned_scale``) at their own peak
+learning rate, following the same schedule, without weight decay (BiT's and BiBERT's
+``--clip_lr 1e-4``).
+
 Weight decay applies to kernels only (arrays of rank > 1): BatchNorm scales and biases are
 not decayed, as in the ResNet/MobileNet recipes. For SGD and Adam it is the coupled L2 form
 of PyTorch (``g += wd * w`` before the update); AdamW and LAMB decouple it (``w -= lr * wd * w``).
@@ -10,13 +15,16 @@ import math
 import jax
 import optax
 
+from flax import traverse_util
+
 from mcj.compress import binary as binary_lib
 from mcj.core import registry
 from mcj.core.config import ConfigError
+from mcj.quant import quantizers
 
 OPTIMIZER_DEFAULTS = {'name': 'sgd', 'lr': 0.1, 'momentum': 0.9, 'nesterov': False,
                       'weight_decay': 0.0, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8,
-                      'grad_clip_norm': None}
+                      'grad_clip_norm': None, 'quantizer_lr': None}
 SCHEDULE_DEFAULTS = {'name': 'cosine', 'warmup_epochs': 0.0, 'warmup_steps': None,
                      'end_factor': 0.0, 'step_epochs': (), 'step_factor': 0.1}
 
@@ -110,6 +118,16 @@ def make_optimizer(config, schedule: optax.Schedule, binary_mask=None
   """
   opt = config.optimizer
   core = registry.get('optimizer', opt.name)(opt, schedule, opt.get('weight_decay', 0.0))
+  quantizer_lr = opt.get('quantizer_lr', None)
+  if quantizer_lr is not None:
+    if not opt.lr:
+      raise ConfigError('optimizer.quantizer_lr follows the schedule of optimizer.lr, which '
+                        'is 0: set optimizer.lr > 0 or unset quantizer_lr.')
+    ratio = quantizer_lr / opt.lr
+    scales = registry.get('optimizer', opt.name)(opt, lambda count: schedule(count) * ratio,
+                                                 0.0)
+    core = optax.multi_transform({'weights': core, 'quantizer_scales': scales},
+                                 scale_labels)
   clip = opt.get('grad_clip_norm', None)
   tx = optax.chain(optax.clip_by_global_norm(clip), core) if clip else core
   binary = config.get('binary', None) or {}
@@ -122,6 +140,14 @@ def make_optimizer(config, schedule: optax.Schedule, binary_mask=None
     return registry.get('optimizer', name)(opt, lambda count: schedule(count) * ratio, 0.0)
 
   return binary_lib.wrap(tx, binary, binary_mask, binary_optimizer)
+
+
+def scale_labels(params):
+  """'quantizer_scales' at the quantizers' learned scales, 'weights' elsewhere."""
+  flat = traverse_util.flatten_dict(params, keep_empty_nodes=False)
+  return traverse_util.unflatten_dict(
+      {path: 'quantizer_scales' if quantizers.is_learned_scale(path) else 'weights'
+       for path in flat})
 
 
 def total_steps_of(config, num_train_examples: int) -> int:

@@ -26,6 +26,7 @@ import re
 
 import ml_collections
 
+from mcj.core import metrics as metrics_lib
 from mcj.core import workdir as workdir_lib
 from mcj.core.config import ConfigError
 from mcj.train.schema import default_config, merge_config
@@ -103,8 +104,9 @@ def run(config, workdir: str, train_fn, *, allow_config_change: bool = False) ->
       if os.path.exists(results_path):
         with open(results_path) as f:
           results = json.load(f)
+        metric, value = metrics_lib.headline(results)
         say(f'mcj: stage {i + 1}/{len(stages)} {name}: finished earlier '
-            f'(eval/accuracy {results.get("eval/accuracy", float("nan")):.4f}).')
+            f'({metric} {value:.4f}).')
       else:
         say(f'mcj: stage {i + 1}/{len(stages)} {name} in {stage_dir}')
         try:
@@ -124,9 +126,10 @@ def run(config, workdir: str, train_fn, *, allow_config_change: bool = False) ->
 
 
 def format_stages(stages: list[dict]) -> str:
-  rows = [('stage', 'model', 'eval/accuracy', 'params', 'size', 'compression')]
+  rows = [('stage', 'model', 'eval metric', 'params', 'size', 'compression')]
   for s in stages:
-    rows.append((s['name'], s.get('model', ''), f'{s.get("eval/accuracy", float("nan")):.4f}',
+    metric, value = metrics_lib.headline(s)
+    rows.append((s['name'], s.get('model', ''), f'{metric[5:]} {value:.4f}',
                  f'{s.get("params", 0):,}', f'{s.get("model_size_bytes", 0) / 1024:.1f} KiB',
                  f'{s.get("compression_ratio", float("nan")):.2f}x'))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

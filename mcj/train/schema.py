@@ -97,6 +97,10 @@ def validate(config) -> None:
        f'config.keep_checkpoints must be at least 1 (a rerun resumes from the newest '
        f'checkpoint), got {config.keep_checkpoints}.')
   need(config.optimizer.lr >= 0, f'config.optimizer.lr must be >= 0, got {config.optimizer.lr}.')
+  quantizer_lr = config.optimizer.get('quantizer_lr', None)
+  need(quantizer_lr is None or quantizer_lr >= 0,
+       f'config.optimizer.quantizer_lr must be >= 0 (None: the weights\' lr), got '
+       f'{quantizer_lr}.')
   need(config.mixup_alpha >= 0, f'config.mixup_alpha must be >= 0 (0: no mixup), got '
        f'{config.mixup_alpha}.')
   need(0 <= config.label_smoothing < 1,

@@ -24,6 +24,15 @@ def cross_entropy(logits, labels, num_classes, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
+def task_loss(logits, labels, num_classes, label_smoothing=0.0):
+  """Per-example loss of the task: cross-entropy of class ids, or for a one-output
+  regression task (glue/stsb: float labels) the squared error of the output, as BERT's
+  and Hugging Face's regression heads train."""
+  if num_classes == 1:
+    return jnp.square(logits[:, 0].astype(jnp.float32) - labels.astype(jnp.float32))
+  return cross_entropy(logits, labels, num_classes, label_smoothing)
+
+
 def make_train_step(exp):
   """``train_step(state, batch, teacher_variables) -> (state, metrics)`` for one device.
 
@@ -46,9 +55,9 @@ def make_train_step(exp):
                                             config.mixup_alpha)
 
     def label_loss(logits):
-      loss = cross_entropy(logits, labels, num_classes, config.label_smoothing)
+      loss = task_loss(logits, labels, num_classes, config.label_smoothing)
       if config.mixup_alpha:
-        loss = mix * loss + (1 - mix) * cross_entropy(
+        loss = mix * loss + (1 - mix) * task_loss(
             logits, labels[partner], num_classes, config.label_smoothing)
       return loss.mean()
 
@@ -85,8 +94,9 @@ def make_train_step(exp):
       updates, new_state['adapter_opt_state'] = adapter_tx.update(
           grads['adapters'], state['adapter_opt_state'], state['adapters'])
       new_state['adapters'] = optax.apply_updates(state['adapters'], updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    metrics = {'train/loss': loss, 'train/accuracy': accuracy}
+    metrics = {'train/loss': loss}
+    if num_classes > 1:  # a regression task's loss is its squared error
+      metrics['train/accuracy'] = jnp.mean(jnp.argmax(logits, -1) == labels)
     if distiller or config.mixup_alpha:
       metrics.update(terms)
     if pruner:
@@ -98,7 +108,9 @@ def make_train_step(exp):
 
 def make_eval_step(exp):
   """``eval_step(state, batch) -> sums`` (loss, correct, top-5, count; the confusion
-  matrix when the dataset is scored by F1 or Matthews) over the devices."""
+  matrix when the dataset is scored by F1 or Matthews) over the devices. A regression
+  task's step also returns ``rows``: every device's outputs, labels and mask, since rank
+  correlation (Spearman) needs the whole split."""
   model, total_steps, num_classes = exp.model, exp.total_steps, exp.info.num_classes
   confusion = bool(set(exp.info.metrics) & {'f1', 'matthews_corrcoef'})
 
@@ -108,6 +120,11 @@ def make_eval_step(exp):
       logits = model.apply({'params': state['params'], 'batch_stats': state['batch_stats']},
                            batch['image'], train=False).astype(jnp.float32)
     mask, labels = batch['mask'], batch['label']
+    if num_classes == 1:
+      sums = {'loss': task_loss(logits, labels, 1) * mask, 'count': mask}
+      rows = {'output': logits[:, 0], 'label': labels.astype(jnp.float32), 'mask': mask}
+      return {**jax.lax.psum(jax.tree.map(lambda v: jnp.sum(v, axis=0), sums), AXIS),
+              'rows': jax.tree.map(lambda v: jax.lax.all_gather(v, AXIS, tiled=True), rows)}
     top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
     sums = {'loss': cross_entropy(logits, labels, num_classes) * mask,
             'correct': (jnp.argmax(logits, -1) == labels) * mask,

@@ -98,6 +98,9 @@ def build(config: ml_collections.ConfigDict, say: Callable = _say) -> Experiment
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
   info = dataset.info
+  if info.num_classes == 1 and config.label_smoothing:
+    raise ConfigError(f'{config.data.name} is a regression task (one output, float labels): '
+                      'label_smoothing does not apply; set it to 0.')
   total_steps = optim.total_steps_of(config, info.num_train_examples)
   steps_per_epoch = info.num_train_examples / config.batch_size
 
@@ -205,17 +208,32 @@ def _partial(fresh: dict, loaded: dict):
   return out, kept, dropped
 
 
+def main_metric(info) -> str:
+  """The eval metric a run is judged by: its task's first (GLUE), else eval/accuracy."""
+  return f'eval/{info.metrics[0]}' if info.metrics else 'eval/accuracy'
+
+
 def evaluate(exp: Experiment, p_eval_step, state) -> dict:
   """One pass over the eval split: ``eval/loss``, ``eval/accuracy`` (+ top-5 over 10
-  classes)."""
-  totals = None
+  classes, F1 / Matthews where the task is scored by them); a regression task's
+  ``eval/loss`` is its mean squared error, with ``eval/pearson`` and ``eval/spearman``."""
+  totals, rows = None, []
   for batch in exp.dataset.eval_batches(exp.eval_batch_size):
     sums = p_eval_step(state, parallel.shard_batch(exp.mesh, batch))
+    if 'rows' in sums:
+      rows.append(sums.pop('rows'))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = parallel.fetch(totals)
   count = max(float(totals['count']), 1.0)
-  out = {'eval/loss': float(totals['loss']) / count,
-         'eval/accuracy': float(totals['correct']) / count}
+  out = {'eval/loss': float(totals['loss']) / count}
+  if rows:  # regression: correlations of the outputs with the labels over the split
+    rows = {k: np.concatenate([parallel.fetch(r[k]) for r in rows]) for k in rows[0]}
+    keep = rows['mask'] > 0
+    for name in exp.info.metrics or ('pearson', 'spearman'):
+      out[f'eval/{name}'] = data_lib.glue.METRICS[name](rows['label'][keep],
+                                                        rows['output'][keep])
+    return out
+  out['eval/accuracy'] = float(totals['correct']) / count
   if exp.info.num_classes > 10:
     out['eval/top5_accuracy'] = float(totals['top5']) / count
   if 'confusion' in totals:  # GLUE's F1 / Matthews
@@ -313,7 +331,7 @@ def finish(exp: Experiment, state, step: int, train_seconds: float, workdir: str
   params = parallel.fetch(state['params'])
   num_params = sum(x.size for x in jax.tree.leaves(params))
   size = summary_lib.summarize(model, info.image_shape, params=params)
-  results = {'step': step, **final, 'params': int(num_params),
+  results = {'step': step, **final, 'metric': main_metric(info), 'params': int(num_params),
              **{k: size[k] for k in SIZE_KEYS},
              'train_seconds': round(train_seconds, 2), 'model': config.model.name,
              'data': config.data.name}

@@ -428,6 +428,12 @@ def tinybert_embedding_loss(student_embeddings, teacher_embeddings, kernel, bias
   return _projected_mse(student_embeddings, teacher_embeddings, kernel, bias)
 
 
+def logit_mse(student_logits, teacher_logits):
+  """``mean_i mean_c (z^S_ic - z^T_ic)^2``: TinyBERT's task-distillation loss for a
+  regression head (its code: ``MSELoss(student_logits.view(-1), teacher_logits.view(-1))``)."""
+  return jnp.mean(jnp.square(_f32(student_logits) - _f32(teacher_logits)))
+
+
 def tinybert_prediction_loss(student_logits, teacher_logits, temperature: float = 1.0):
   """TinyBERT's prediction-layer loss (eq. 9): ``CE(z^T / t, z^S / t) = mean_i -sum_c
   softmax(z^T_i / t)_c log softmax(z^S_i / t)_c``, with no ``t^2`` factor; t = 1 in the

@@ -12,6 +12,8 @@ Logit losses: ``fn(student_logits, teacher_logits, config, axis_name) -> scalar`
 * ``temperature``: the loss's own default temperature, used while ``distill.temperature``
   is None (an explicit value applies to whichever loss is chosen); None for a loss that
   takes no temperature (setting one then is a ConfigError).
+* ``regression``: True for a loss that fits a one-output (regression) model; the others
+  compare softmax distributions and are refused for it.
 
 Feature losses: ``fn(student_stages, teacher_stages, *, config, adapters, teacher_index,
 axis_name) -> scalar`` with the stage dicts of ``features.apply_with_features`` and
@@ -99,6 +101,14 @@ def soft_ce(student_logits, teacher_logits, config, axis_name=None):
   del axis_name  # per-example
   return losses.tinybert_prediction_loss(student_logits, teacher_logits,
                                          temperature=temperature(config, 'soft_ce'))
+
+
+@registry.register('logit_loss', 'mse', temperature=None, regression=True)
+def mse(student_logits, teacher_logits, config, axis_name=None):
+  """Mean squared error of the logits (TinyBERT's prediction-layer loss for a regression
+  task such as STS-B: the one output against the teacher's); also usable on classes."""
+  del config, axis_name  # per-example
+  return losses.logit_mse(student_logits, teacher_logits)
 
 
 # ----------------------------------------------------------------------------- feature losses

@@ -32,9 +32,15 @@ TEACHER_KEYS = {'init_from': '', 'model': None, 'weight': 1.0, 'start': 0.0, 'en
 
 
 def teacher_spec(spec, index: int) -> dict:
-  """One entry of ``distill.teachers`` with defaults filled in; bad keys are ConfigErrors."""
-  spec = dict(spec)
+  """One entry of ``distill.teachers`` with defaults filled in (a plain string is its
+  ``init_from``); bad keys are ConfigErrors."""
   where = f'config.distill.teachers[{index}]'
+  if isinstance(spec, str):
+    spec = {'init_from': spec}
+  if not hasattr(spec, 'keys'):
+    raise ConfigError(f'{where} is {spec!r}: give a dict of {", ".join(TEACHER_KEYS)} or '
+                      "the teacher's workdir.")
+  spec = dict(spec)
   unknown = sorted(set(spec) - set(TEACHER_KEYS))
   if unknown:
     raise ConfigError(f'Unknown key {where}.{unknown[0]}. Valid: {", ".join(TEACHER_KEYS)}.')
@@ -116,6 +122,13 @@ class Distiller:
       raise ConfigError(f'distill.temperature={config.temperature} is set but '
                         f'distill.logit_loss={config.logit_loss!r} takes no temperature; '
                         'unset it (None).')
+    if (self.logit_loss and num_classes == 1
+        and not registry.info('logit_loss', config.logit_loss).get('regression')):
+      regression = [n for n in registry.names('logit_loss')
+                    if registry.info('logit_loss', n).get('regression')]
+      raise ConfigError(f'distill.logit_loss={config.logit_loss!r} compares class '
+                        'distributions, and a one-output (regression) task has none: use '
+                        f'{" or ".join(map(repr, regression))}.')
     self.needs_features = self.feature_loss is not None
     self.specs = [teacher_spec(s, i) for i, s in enumerate(config.teachers)]
     self.models, self.variables = [], []
