@@ -643,6 +643,42 @@ def test_bert_options_and_taps_match_a_numpy_layer(case):
   assert 'intermediates' not in jax.eval_shape(model.init, jax.random.key(0), IDS)
 
 
+def test_vit_sows_the_taps_tinybert_reads():
+  """ViT sows its hidden states (the embedded patches, then each block's output) beside the
+  attention taps, as BERT: the logits are the head on the final LayerNorm of the last one,
+  and TinyBERT's layer loss plans a 4-block teacher onto a 2-block student."""
+  from mcj.compress.distill import features
+  from mcj.compress.distill import objectives
+  from mcj.models.transformers import vit
+  import ml_collections
+
+  def build(blocks):
+    return vit.VisionTransformer(num_classes=3, num_layers=blocks, hidden_size=16,
+                                 num_heads=2, patch_size=2)
+
+  images = jnp.asarray(np.random.default_rng(0).normal(0, 1, (2, 8, 8, 1)), jnp.float32)
+  student = build(2)
+  params = student.init(jax.random.key(0), images)['params']
+  logits, stages = features.apply_with_features(student, {'params': params}, images,
+                                                train=False)
+  taps = features.transformer_taps(stages)
+  assert [h.shape for h in taps['hidden']] == [(2, 17, 16)] * 3  # class token + 16 patches
+  assert [q.shape for q in taps['scores']] == [(2, 2, 17, 17)] * 2
+  final = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False).apply(
+      {'params': params['norm']}, taps['hidden'][-1])
+  head = f64(final)[:, 0] @ f64(params['head']['kernel']) + f64(params['head']['bias'])
+  np.testing.assert_allclose(f64(logits), head, rtol=1e-4, atol=1e-5)
+  teacher = build(4)
+  t_params = teacher.init(jax.random.key(1), images)['params']
+  _, t_stages = features.apply_with_features(teacher, {'params': t_params}, images,
+                                             train=False)
+  config = ml_collections.ConfigDict({'tinybert_projection': 'none',
+                                      'tinybert_attention_weight': 1.0})
+  assert objectives._tinybert_plan(stages, t_stages, config, 0) == []  # pylint: disable=protected-access
+  loss = objectives.tinybert(stages, t_stages, config=config, adapters={}, teacher_index=0)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+
+
 def test_hidden_act_changes_only_the_ffn_and_is_checked():
   model = bert.Bert(num_classes=2, **TINY)
   params = random_bert_params(model)

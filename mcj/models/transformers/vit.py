@@ -39,6 +39,11 @@ head_dim`` outputs (still ordered (3, heads, head_dim)) and ``proj`` ``h * head_
 a block with 0 heads adds only ``block_{i}/attn/proj/bias`` (the attention of a block whose
 every head outputs zero) to its residual. The call argument ``head_mask`` (None, (num_layers,
 num_heads) or (batch, num_layers, num_heads)) multiplies each head's output before ``proj``.
+
+Distillation taps, as ``bert``'s: when ``'intermediates'`` is mutable
+(``features.apply_with_features``) the model sows ``hidden_states`` (the embedded tokens,
+then each block's output) and its attention products sow Q, K, V and the pre-softmax
+scores, so TinyBERT's layer loss (``feature_loss='tinybert'``) distils ViTs too.
 """
 import functools
 from typing import Any
@@ -217,12 +222,14 @@ class VisionTransformer(nn.Module):
                          x], axis=1)
     pos = self.param('pos_embed', trunc_normal, (1, x.shape[1], self.hidden_size), jnp.float32)
     x = drop(x + pos.astype(self.dtype))
+    layers.sow_taps(self, hidden_states=x)  # distillation taps, as BERT's (features.py)
     rates = np.linspace(0.0, self.drop_path_rate, self.num_layers) if self.num_layers else []
     for i in range(self.num_layers):
       x = Block(heads[i], int(self.hidden_size * self.mlp_ratio), dense, products,
                 self.layer_norm_epsilon, self.dropout_rate, float(rates[i]), self.dtype,
                 self.hidden_size // self.num_heads, name=f'block_{i}')(
                     x, train, None if head_mask is None else head_mask[..., i, :heads[i]])
+      layers.sow_taps(self, hidden_states=x)
     x = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
                      use_fast_variance=False, name='norm')(x)
     head = layers.QuantDense(self.num_classes, kernel_init=trunc_normal, dtype=self.dtype,
