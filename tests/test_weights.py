@@ -400,6 +400,40 @@ def test_hf_bert_errors_are_one_line(tmp_path):
   assert (tmp_path / 'd' / 'vocab.txt').read_text() == '[PAD]\n'
 
 
+def test_hf_bert_longer_data_than_positions_is_one_line(tmp_path):
+  with pytest.raises(ConfigError, match=r'gives 128 tokens .* max_position_embeddings 24: '
+                     r'add --data\.max_length=24'):
+    convert_file('hf:bert', BERT, str(tmp_path / 'a'), data='glue/sst2', say=quiet)
+  assert not os.path.exists(tmp_path / 'a' / 'config.json')
+
+
+def test_glue_config_fine_tunes_a_converted_checkpoint(tmp_path):
+  """configs/text/glue.py takes the converted workdir's model, vocab and length; quantized
+  variants start from it with fresh quantizer scales; a checkpoint of another task or none
+  at all is one line."""
+  from mcj.core import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mcj.train.schema import merge_config  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), '..', 'configs', 'text', 'glue.py')
+  workdir = str(tmp_path / 'ck')
+  converted = convert_file('hf:bert', BERT, workdir, data='glue/sst2',
+                           data_options={'max_length': 24}, say=quiet)
+  config = merge_config(config_lib.load_config(f'{path}:task=sst2,checkpoint={workdir},bits=8'))
+  assert config.init_from == workdir and config.init_from_partial
+  assert config.data.vocab_file == os.path.join(os.path.abspath(workdir), 'vocab.txt')
+  assert config.data.max_length == 24 and config.model.name == converted['model']['name']
+  assert config.model.hidden_size == converted['model']['hidden_size']
+  assert config.model.input_quantizer.startswith('lsq(bits=8')
+  assert config.optimizer.lr == 2e-5 and config.total_epochs == 3.0
+  scratch = merge_config(config_lib.load_config(f'{path}:task=stsb'))
+  assert scratch.model.name == 'bert_tiny' and not scratch.init_from
+  with pytest.raises(ConfigError, match="converted for 'glue/sst2', not glue/mrpc"):
+    config_lib.load_config(f'{path}:task=mrpc,checkpoint={workdir}')
+  with pytest.raises(ConfigError, match='holds no config.json'):
+    config_lib.load_config(f'{path}:checkpoint={tmp_path}')
+  with pytest.raises(ConfigError, match="task='sst3' is not a GLUE task: use one of cola"):
+    config_lib.load_config(f'{path}:task=sst3')
+
+
 def test_timm_vit_gives_timms_logits(tmp_path):
   """timm's vit_tiny_patch16_224 class at 32x32, patch 4, width 32, depth 2."""
   index = json.load(open(os.path.join(TRANSFORMERS, 'index.json')))

@@ -65,6 +65,11 @@ def convert_file(source_name: str, path: str, workdir: str, *, data: str = 'imag
     raise ConfigError(f'{path} classifies {file_classes} classes but --data {data} has '
                       f'{num_classes}; give the dataset the model was trained for.')
   block = dict(config.model)
+  positions = block.get('max_position_embeddings')
+  if source.text and positions and shape[0] > positions:
+    raise ConfigError(f'--data {data} gives {shape[0]} tokens but {path} has '
+                      f'max_position_embeddings {positions}: add --data.max_length={positions} '
+                      '(or fewer).')
   model = get_model(block.pop('name'), num_classes=num_classes, **block)
   if file_classes is None and source.classifier:  # an encoder alone: a fresh classifier
     target = convert.initial_variables(model, shape)
