@@ -43,6 +43,9 @@ teacher and the majority class, 0.578); hyper-parameters are configs/text/bert.p
 tuned for the binary stages; the teacher runs in eval mode (BiT's code distils from a
 teacher left in train mode, i.e. with dropout) and the last checkpoint is reported (the
 code keeps the best dev one).
+Measured here (3 seeds, `python -m mcj.sweep --config configs/text/bit.py --seeds 0,1,2`):
+teacher 0.7643 +- 0.0061, W1A2 0.7537 +- 0.0016, W1A1 0.7461 +- 0.0059 at 233.1 KiB
+(24.3x smaller than the float model).
 Variants: `:runlocal` trains each stage for a few steps (a smoke test).
 """
 import os
