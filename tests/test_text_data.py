@@ -409,6 +409,7 @@ def _regression_config(**overrides):
   return config
 
 
+@pytest.mark.slow  # compiles a BERT on 4 devices: the full tier
 def test_regression_trains_the_squared_error_and_evaluates_correlations():
   """One output and float labels: the train loss is the squared error of the output, the
   eval reports the mean squared error and the Pearson / Spearman correlations of every

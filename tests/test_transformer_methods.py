@@ -643,6 +643,7 @@ def test_bert_options_and_taps_match_a_numpy_layer(case):
   assert 'intermediates' not in jax.eval_shape(model.init, jax.random.key(0), IDS)
 
 
+@pytest.mark.slow  # compiles two ViTs: the full tier
 def test_vit_sows_the_taps_tinybert_reads():
   """ViT sows its hidden states (the embedded patches, then each block's output) beside the
   attention taps, as BERT: the logits are the head on the final LayerNorm of the last one,
