@@ -256,3 +256,36 @@ def test_local_datasets_do_not_import_tensorflow():
   result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize('split', ['test', 'train'])
+def test_converted_checkpoint_evaluates_on_a_tfds_split(data_dir, tmp_path, split):
+  """``mcj.evaluate`` on a torchvision checkpoint converted by ``mcj.weights``, over a TFDS
+  split read from disk: its accuracy is the argmax of the model's own logits on that
+  split's examples (every example once, none padded in)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mcj.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from mcj.models import get_model  # pylint: disable=g-import-not-at-top
+  from mcj.train.evaluation import evaluate_workdir  # pylint: disable=g-import-not-at-top
+  from mcj.weights.__main__ import convert_file  # pylint: disable=g-import-not-at-top
+  fixtures = REPO / 'tests' / 'fixtures' / 'torchvision'
+  workdir = str(tmp_path / 'run')
+  options = {'widths': [8, 16, 24, 32]}  # the narrow fixture's (its index.json)
+  convert_file('torchvision:resnet18', str(fixtures / 'resnet18.pth'), workdir,
+               data='cifar10', options=options, say=lambda *a: None)
+  out = evaluate_workdir(workdir, [f'--config.data.data_dir={data_dir}',
+                                   f'--config.data.eval_split={split}'],
+                         record=False, say=lambda *a: None)
+  data = _config(data_dir, 'cifar10', eval_split=split)
+  ds = data_lib.get_dataset(data, seed=0)
+  model = get_model('resnet18', num_classes=10, **options)
+  variables = checkpoint.load_variables(workdir)
+  correct = total = 0
+  for batch in ds.eval_batches(8):
+    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(
+        variables, batch['image']))
+    hit = (logits.argmax(-1) == batch['label']) & batch['mask'].astype(bool)
+    correct, total = correct + hit.sum(), total + batch['mask'].sum()
+  assert out['examples'] == total == sum(SPLITS['cifar10'][0][split])
+  assert 0 < correct < total  # the narrow random model gets some right, not all
+  assert out['eval/accuracy'] == pytest.approx(correct / total, abs=1e-6)
