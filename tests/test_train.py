@@ -198,3 +198,79 @@ def test_init_from_copies_params_and_mismatch_lists_entries(tmp_path):
     train_and_evaluate(tiny('steps=1', init_from=first), str(tmp_path / 'deeper'))
   with pytest.raises(ConfigError, match='No checkpoint found'):
     train_and_evaluate(tiny('steps=1', init_from=str(tmp_path / 'nothing')), str(tmp_path / 'x'))
+
+
+# ----------------------------------------------------------------------------- data-dependent init
+LSQ_VIT = {'seed': 0, 'batch_size': 16, 'total_steps': 1, 'log_every_steps': 1,
+           'checkpoint_every_steps': 0, 'eval_every_steps': 0, 'data': {'name': 'digits'},
+           'model': {'name': 'vit_tiny_patch2', 'num_layers': 1, 'hidden_size': 16,
+                     'num_heads': 2, 'mlp_ratio': 2, 'input_quantizer': 'lsq(bits=8)',
+                     'kernel_quantizer': 'lsq(bits=8)',
+                     'query_key_quantizer': 'lsq(bits=8)', 'value_quantizer': 'lsq(bits=8)'}}
+
+
+def _lsq_inputs(model, variables, x):
+  """{module path: the input each LSQ quantizer sees} in one forward pass."""
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  from mcj.quant.quantizers import LSQ  # pylint: disable=g-import-not-at-top
+  seen = {}
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, LSQ) and context.method_name == '__call__':
+      seen['/'.join(context.module.path)] = np.asarray(args[0], np.float64)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    model.apply(variables, jax.numpy.asarray(x), train=False)
+  return seen
+
+
+def _steps(params):
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  return {k[:-len('/step')]: float(v) for k, v in
+          traverse_util.flatten_dict(params, sep='/').items() if k.endswith('/step')}
+
+
+def _assert_lsq_init(model, params, x):
+  """Every LSQ step is the paper's 2 mean|x| / sqrt(Qp) of what it sees on ``x``."""
+  seen, steps = _lsq_inputs(model, {'params': params}, x), _steps(params)
+  assert sorted(seen) == sorted(steps) and len(steps) >= 8
+  for path, inputs in seen.items():
+    assert steps[path] == pytest.approx(2 * np.abs(inputs).mean() / np.sqrt(127), rel=1e-4), path
+
+
+def test_learned_scales_start_from_the_first_training_batch():
+  """LSQ's activation steps are initialised on the first training batch (process 0's,
+  one device's share), not on the all-zero example: on it the patch embedding's output is
+  0 and the step would fall back to a constant."""
+  from mcj.train import trainer  # pylint: disable=g-import-not-at-top
+  from mcj.train.schema import merge_config  # pylint: disable=g-import-not-at-top
+  exp = trainer.build(merge_config(LSQ_VIT), say=lambda *a: None)
+  inputs = trainer.first_inputs(exp)
+  first = next(exp.dataset.train_batches(0, 16))['image']
+  np.testing.assert_array_equal(inputs, first[:16 // jax.local_device_count()])
+  params = jax.device_get(trainer.init_state(exp, inputs)['params'])
+  _assert_lsq_init(exp.model, params, inputs)
+  on_zeros = _steps(jax.device_get(trainer.init_state(exp)['params']))
+  assert any(abs(on_zeros[k] - v) > 1e-3 * v for k, v in _steps(params).items())
+
+
+def test_partial_init_from_initialises_scales_with_the_loaded_weights(tmp_path):
+  """A quantized student started from a float run (``init_from_partial``): its LSQ steps
+  are computed on the first batch by the model carrying the float weights (LSQ and BiT
+  fine-tune so), not kept from the random model's init."""
+  from mcj.core import checkpoint  # pylint: disable=g-import-not-at-top
+  from mcj.train import trainer  # pylint: disable=g-import-not-at-top
+  from mcj.train.schema import merge_config  # pylint: disable=g-import-not-at-top
+  float_model = {k: v for k, v in LSQ_VIT['model'].items() if 'quantizer' not in k}
+  train_and_evaluate({**LSQ_VIT, 'model': float_model}, str(tmp_path / 'float'))
+  out = train_and_evaluate({**LSQ_VIT, 'total_steps': 1, 'init_from': str(tmp_path / 'float'),
+                            'init_from_partial': True,
+                            'optimizer': {'name': 'sgd', 'lr': 0.0}}, str(tmp_path / 'q8'))
+  assert np.isfinite(out['eval/loss'])
+  exp = trainer.build(merge_config(LSQ_VIT), say=lambda *a: None)
+  inputs = trainer.first_inputs(exp)
+  params = checkpoint.load_variables(str(tmp_path / 'q8'))['params']
+  loaded = checkpoint.load_variables(str(tmp_path / 'float'))['params']
+  assert_trees_equal(params['head'], loaded['head'])  # lr 0: one step changes nothing
+  _assert_lsq_init(exp.model, params, inputs)

@@ -505,12 +505,14 @@ def test_init_from_layers_and_partial_in_the_config_and_the_trainer():
     merge_config({**base, 'init_from': '/tmp', 'init_from_layers': (0, -1)})
   assert merge_config({**base, 'init_from': '/tmp', 'init_from_layers': [0, 2]}
                       ).init_from_layers == (0, 2)
-  # init_from_partial: the model's arrays the source lacks keep their init, the source's
-  # arrays the model lacks are left out; shapes are still fit_variables' to check.
+  # init_from_partial: the model's arrays the source lacks are named (the trainer then
+  # initialises them with the loaded weights), the source's arrays the model lacks are left
+  # out; shapes are still fit_variables' to check.
   fresh = {'params': {'dense': {'kernel': 1}, 'LSQ_0': {'step': 2}}, 'batch_stats': {}}
   loaded = {'params': {'dense': {'kernel': 5}, 'old': {'x': 3}}, 'batch_stats': {}}
   assert trainer._partial(fresh, loaded) == (
-      {'params': {'dense': {'kernel': 5}, 'LSQ_0': {'step': 2}}, 'batch_stats': {}}, 1, 1)
+      {'params': {'dense': {'kernel': 5}, 'LSQ_0': {'step': 2}}, 'batch_stats': {}},
+      {('params', 'LSQ_0/step')}, 1)
 
 
 # ----------------------------------------------------------------------------- specs

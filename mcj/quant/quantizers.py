@@ -544,10 +544,12 @@ class LSQ(nn.Module):
   channel of the last axis (a kernel's output channels), each initialised from its own
   channel and with ``g = 1 / sqrt(numel per channel Qp)``. A ``step_init`` given is used
   instead of the data (a range known in advance: softmax probabilities in [0, 1] take
-  ``1 / Qp``, where the dummy batch of ``model.init`` would misjudge it). An all-zero first
-  input (that dummy batch, usually) gives no information, so then the step starts at ``2
-  sqrt(2/pi) / sqrt(Qp)``: the paper's formula for a unit-normal input (activations after
-  batch norm).
+  ``1 / Qp``, where a first batch could misjudge it). The trainer initialises the model on
+  the first training batch (``trainer.first_inputs``), and a model fine-tuned from a float
+  run on that batch with the loaded weights (``init_from_partial``). An all-zero first input
+  (``model.init`` on a zeros example, as shape-only code does) gives no information, so then
+  the step starts at ``2 sqrt(2/pi) / sqrt(Qp)``: the paper's formula for a unit-normal
+  input (activations after batch norm).
   """
   bits: int = 4
   signed: bool = True
@@ -749,8 +751,9 @@ class ElasticQuant(nn.Module):
 
   ``alpha`` starts as the code's ``AlphaInit`` sets it from the first input it sees:
   ``2 mean|X| / sqrt(Qp)`` (signed) or ``4 mean|X| / sqrt(Qp)`` (unsigned; ``Qp = 1`` at one
-  bit; the paper writes ``mean|X|``, its eq. 2). An all-zero first input (the dummy
-  batch ``model.init`` may get) gives no information; then ``alpha_init`` is used, by
+  bit; the paper writes ``mean|X|``, its eq. 2): the trainer's first training batch, through
+  the loaded weights when initialised from another run (see ``LSQ``). An all-zero first
+  input gives no information; then ``alpha_init`` is used, by
   default ``2 sqrt(2/pi) / sqrt(Qp)``: the code's value for a unit-normal input, signed or
   (4 mean of its ReLU) unsigned. ``beta`` starts at 0. Both keep their names across bit
   widths, so a W1A1 stage initialised from a W1A2 one (``init_from_partial``) starts from

@@ -137,13 +137,33 @@ def build(config: ml_collections.ConfigDict, say: Callable = _say) -> Experiment
                     distiller=distiller, head_pruner=head_pruner)
 
 
-def init_state(exp: Experiment) -> dict:
-  """The freshly initialised train state, replicated over the mesh."""
-  model, tx, distiller, info = exp.model, exp.tx, exp.distiller, exp.info
+def first_inputs(exp: Experiment) -> np.ndarray:
+  """One device's share of process 0's first training batch, on every process: what the
+  data-dependent initialisers see (LSQ's step 2 mean|x| / sqrt(Qp) and BiT's AlphaInit are
+  computed from the first batch in the papers). One share, so that the init pass costs no
+  more memory than a step."""
+  batch = next(iter(exp.dataset.train_batches(0, exp.config.batch_size)))
+  inputs = np.asarray(batch['image'])
+  inputs = inputs[:max(1, len(inputs) // jax.local_device_count())]
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    inputs = np.asarray(multihost_utils.broadcast_one_to_all(inputs))
+  return inputs
 
-  def init(rng):
-    dummy = jnp.zeros((1,) + tuple(info.image_shape), jnp.float32)
-    variables = model.init({'params': rng, 'dropout': rng}, dummy, train=False)
+
+def _init_inputs(exp: Experiment, inputs):
+  return (jnp.zeros((1,) + tuple(exp.info.image_shape), jnp.float32) if inputs is None
+          else jnp.asarray(inputs))
+
+
+def init_state(exp: Experiment, inputs: np.ndarray | None = None) -> dict:
+  """The freshly initialised train state, replicated over the mesh. The model is
+  initialised on ``inputs`` (``first_inputs``), else on one all-zero example (then
+  data-dependent initialisers fall back to their documented constants)."""
+  model, tx, distiller = exp.model, exp.tx, exp.distiller
+
+  def init(rng, x):
+    variables = model.init({'params': rng, 'dropout': rng}, x, train=False)
     params = variables['params']
     state = {'step': jnp.zeros((), jnp.int32), 'params': params,
              'batch_stats': variables.get('batch_stats', {}), 'opt_state': tx.init(params)}
@@ -153,12 +173,16 @@ def init_state(exp: Experiment) -> dict:
     return state
 
   return jax.jit(init, out_shardings=parallel.replicated(exp.mesh))(
-      jax.random.key(exp.config.seed))
+      jax.random.key(exp.config.seed), _init_inputs(exp, inputs))
 
 
-def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say) -> dict:
+def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say,
+            inputs: np.ndarray | None = None) -> dict:
   """The newest checkpoint's state if there is one; else ``init_from``'s params with a
-  fresh optimizer state (e.g. ReActNet's second step); else ``state`` unchanged."""
+  fresh optimizer state (e.g. ReActNet's second step); else ``state`` unchanged. With
+  ``init_from_partial``, the arrays the source lacks (a binary student's learned scales)
+  are initialised on ``inputs`` by the model carrying the loaded weights, as LSQ and BiT
+  initialise a quantized model fine-tuned from a float one."""
   restored, restored_step = checkpointer.restore_latest(state)
   if restored is not None:
     say(f'mcj: resumed from step {restored_step} in {checkpointer.directory}.')
@@ -178,7 +202,10 @@ def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say) ->
   if config.init_from_partial:
     loaded, kept, dropped = _partial(parallel.fetch(
         {'params': state['params'], 'batch_stats': state['batch_stats']}), loaded)
-    note = f' ({kept} arrays it lacks keep their init, {dropped} of its arrays unused)'
+    if kept:
+      loaded = _complete(exp, loaded, kept, inputs)
+    note = (f' ({len(kept)} arrays it lacks initialised with its weights, {dropped} of its '
+            'arrays unused)')
   params = checkpoint_lib.fit_variables(state['params'], loaded['params'], source)
   stats = checkpoint_lib.fit_variables(state['batch_stats'], loaded['batch_stats'], source)
   state = jax.jit(lambda st, p, s: {**st, 'params': p, 'batch_stats': s,
@@ -188,24 +215,41 @@ def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say) ->
   return state
 
 
-def _partial(fresh: dict, loaded: dict):
-  """``loaded`` ({'params', 'batch_stats'}) reduced to the paths ``fresh`` has, the others
-  taken from ``fresh``; and the counts of arrays taken from ``fresh`` and of loaded arrays
-  left out."""
+def _flat(tree) -> dict:
   def plain(tree):  # nested dicts (orbax's restored mappings included)
     return {k: plain(v) for k, v in tree.items()} if hasattr(tree, 'items') else tree
+  return traverse_util.flatten_dict(plain(tree), sep='/')
 
-  def flat(tree):
-    return traverse_util.flatten_dict(plain(tree), sep='/')
 
-  out, kept, dropped = {}, 0, 0
+def _partial(fresh: dict, loaded: dict):
+  """``loaded`` ({'params', 'batch_stats'}) reduced to the paths ``fresh`` has, the others
+  taken from ``fresh``; the ``(collection, path)`` pairs taken from ``fresh``, and the count
+  of loaded arrays left out."""
+  out, kept, dropped = {}, set(), 0
   for collection in ('params', 'batch_stats'):
-    ours, theirs = flat(fresh[collection]), flat(loaded.get(collection, {}))
+    ours, theirs = _flat(fresh[collection]), _flat(loaded.get(collection, {}))
     out[collection] = traverse_util.unflatten_dict(
         {k: theirs.get(k, v) for k, v in ours.items()}, sep='/') if ours else {}
-    kept += sum(k not in theirs for k in ours)
+    kept |= {(collection, k) for k in ours if k not in theirs}
     dropped += sum(k not in ours for k in theirs)
   return out, kept, dropped
+
+
+def _complete(exp: Experiment, variables: dict, missing: set, inputs) -> dict:
+  """``variables`` with the ``missing`` arrays recomputed by one init pass of the model over
+  ``inputs`` that carries every other array: a data-dependent initialiser (LSQ's step) then
+  sees the activations of the loaded weights, not of a random model."""
+  given = {c: traverse_util.unflatten_dict(
+      {k: v for k, v in _flat(variables[c]).items() if (c, k) not in missing}, sep='/')
+      for c in ('params', 'batch_stats')}
+  rng = jax.random.key(exp.config.seed)
+  _, made = jax.jit(lambda g, x: exp.model.apply(
+      g, x, train=False, mutable=['params', 'batch_stats'],
+      rngs={'params': rng, 'dropout': rng}))(given, _init_inputs(exp, inputs))
+  made = {c: _flat(made.get(c, {})) for c in ('params', 'batch_stats')}
+  return {c: traverse_util.unflatten_dict(
+      {k: made[c][k] if (c, k) in missing else v for k, v in _flat(variables[c]).items()},
+      sep='/') for c in ('params', 'batch_stats')}
 
 
 def main_metric(info) -> str:
@@ -377,20 +421,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _train(config, workdir: str, is_main: bool) -> dict:
   exp = build(config)
-  state = init_state(exp)
-  num_params = sum(x.size for x in jax.tree.leaves(state['params']))
-  _say(f'mcj: model {config.model.name}, {num_params:,} params; data {config.data.name}, '
-       f'{exp.info.num_train_examples:,} train / {exp.info.num_eval_examples:,} eval '
-       f'examples, {exp.total_steps:,} steps.')
-  for method in (exp.pruner, exp.head_pruner):
-    if method:
-      _say(f'mcj: {method.describe()}.')
-  p_train_step, p_eval_step = exp_steps(exp)
-
   checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints, say=_say)
   writer = None
   try:  # every exit path waits for the save in flight
-    state = restore(exp, state, checkpointer)
+    # a resumed run's init is overwritten: only a fresh one reads the first batch for it
+    inputs = first_inputs(exp) if checkpointer.latest_step() is None else None
+    state = init_state(exp, inputs)
+    num_params = sum(x.size for x in jax.tree.leaves(state['params']))
+    _say(f'mcj: model {config.model.name}, {num_params:,} params; data {config.data.name}, '
+         f'{exp.info.num_train_examples:,} train / {exp.info.num_eval_examples:,} eval '
+         f'examples, {exp.total_steps:,} steps.')
+    for method in (exp.pruner, exp.head_pruner):
+      if method:
+        _say(f'mcj: {method.describe()}.')
+    p_train_step, p_eval_step = exp_steps(exp)
+    state = restore(exp, state, checkpointer, inputs=inputs)
     start_step = int(parallel.fetch(state['step']))
     writer = metrics_lib.MetricWriter(workdir, resume_step=start_step) if is_main else None
     loop = train_loop(exp, state, p_train_step, p_eval_step, checkpointer, writer)
