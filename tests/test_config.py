@@ -96,6 +96,27 @@ def test_every_shipped_config_loads_and_merges():
         assert config.model.name, path
 
 
+def test_tinybert_stages_have_the_papers_objectives():
+  """configs/text/tinybert.py: the intermediate stage is the layer losses alone (TinyBERT
+  eq. 10 without the prediction term; no labels, no logit loss), the prediction stage soft
+  cross-entropy to the teacher's logits alone (eq. 9, t = 1)."""
+  import os
+  from mcj.train import pipeline
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'text',
+                      'tinybert.py')
+  config = merge_config(config_lib.load_config(path + ':teacher=/tmp/t'))
+  stages = {name: merge_config(stage).distill
+            for name, _, stage in pipeline.stage_configs(config, '/tmp/w')}
+  assert sorted(stages) == ['intermediate', 'prediction']
+  inter, pred = stages['intermediate'], stages['prediction']
+  assert (inter.label_weight, inter.logit_weight) == (0.0, 0.0)
+  assert (inter.feature_loss, inter.feature_weight, inter.tinybert_projection) == (
+      'tinybert', 1.0, 'layer')
+  assert (pred.label_weight, pred.logit_loss, pred.logit_weight, pred.temperature) == (
+      0.0, 'soft_ce', 1.0, 1.0)
+  assert not pred.feature_loss
+
+
 def test_every_search_config_loads_and_builds(tmp_path):
   """configs/search/*.py merge with the search schema and build (space, strategy,
   evaluators, metrics of objectives and constraints, a sampled trainer config)."""

@@ -47,7 +47,8 @@ SINGLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'bert.py')
 TEACHER = {'name': 'bert_mini'}  # 4 layers, width 256, 4 heads, FFN 1,024
 TEACHER_LR = 3e-4  # from scratch, 1e-3 leaves BERT-Mini at the majority class
 STUDENT = {'name': 'bert_tiny', 'num_heads': 4}  # 2 layers, width 128, FFN 512
-INTERMEDIATE = {'label_weight': 0.0, 'feature_loss': 'tinybert', 'feature_weight': 1.0,
+INTERMEDIATE = {'label_weight': 0.0, 'logit_weight': 0.0,  # the layer losses alone
+                'feature_loss': 'tinybert', 'feature_weight': 1.0,
                 'tinybert_projection': 'layer', 'tinybert_attention_weight': 1.0}
 PREDICTION = {'label_weight': 0.0, 'logit_loss': 'soft_ce', 'logit_weight': 1.0,
               'temperature': 1.0}
