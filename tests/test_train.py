@@ -201,7 +201,7 @@ def test_init_from_copies_params_and_mismatch_lists_entries(tmp_path):
 
 
 # ----------------------------------------------------------------------------- data-dependent init
-LSQ_VIT = {'seed': 0, 'batch_size': 16, 'total_steps': 1, 'log_every_steps': 1,
+LSQ_VIT = {'seed': 0, 'batch_size': 48, 'total_steps': 1, 'log_every_steps': 1,
            'checkpoint_every_steps': 0, 'eval_every_steps': 0, 'data': {'name': 'digits'},
            'model': {'name': 'vit_tiny_patch2', 'num_layers': 1, 'hidden_size': 16,
                      'num_heads': 2, 'mlp_ratio': 2, 'input_quantizer': 'lsq(bits=8)',
@@ -240,15 +240,15 @@ def _assert_lsq_init(model, params, x):
 
 
 def test_learned_scales_start_from_the_first_training_batch():
-  """LSQ's activation steps are initialised on the first training batch (process 0's,
-  one device's share), not on the all-zero example: on it the patch embedding's output is
-  0 and the step would fall back to a constant."""
+  """LSQ's activation steps are initialised on the first training batch (its first 32
+  examples, whatever the device count), not on the all-zero example: on it the patch
+  embedding's output is 0 and the step would fall back to a constant."""
   from mcj.train import trainer  # pylint: disable=g-import-not-at-top
   from mcj.train.schema import merge_config  # pylint: disable=g-import-not-at-top
   exp = trainer.build(merge_config(LSQ_VIT), say=lambda *a: None)
   inputs = trainer.first_inputs(exp)
-  first = next(exp.dataset.train_batches(0, 16))['image']
-  np.testing.assert_array_equal(inputs, first[:16 // jax.local_device_count()])
+  first = next(exp.dataset.train_batches(0, 48))['image']
+  np.testing.assert_array_equal(inputs, first[:32])
   params = jax.device_get(trainer.init_state(exp, inputs)['params'])
   _assert_lsq_init(exp.model, params, inputs)
   on_zeros = _steps(jax.device_get(trainer.init_state(exp)['params']))

@@ -137,14 +137,16 @@ def build(config: ml_collections.ConfigDict, say: Callable = _say) -> Experiment
                     distiller=distiller, head_pruner=head_pruner)
 
 
+INIT_EXAMPLES = 32
+
+
 def first_inputs(exp: Experiment) -> np.ndarray:
-  """One device's share of process 0's first training batch, on every process: what the
-  data-dependent initialisers see (LSQ's step 2 mean|x| / sqrt(Qp) and BiT's AlphaInit are
-  computed from the first batch in the papers). One share, so that the init pass costs no
-  more memory than a step."""
+  """The first ``INIT_EXAMPLES`` of process 0's first training batch, on every process:
+  what the data-dependent initialisers see (LSQ's step 2 mean|x| / sqrt(Qp) and BiT's
+  AlphaInit are computed from the first batch in the papers). A fixed count, so that the
+  init does not depend on the number of devices and its pass stays small."""
   batch = next(iter(exp.dataset.train_batches(0, exp.config.batch_size)))
-  inputs = np.asarray(batch['image'])
-  inputs = inputs[:max(1, len(inputs) // jax.local_device_count())]
+  inputs = np.asarray(batch['image'])[:INIT_EXAMPLES]
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     inputs = np.asarray(multihost_utils.broadcast_one_to_all(inputs))
