@@ -24,7 +24,7 @@ GLUE's test splits hide their labels (-1) and are refused. f1 is the F1 of class
 
 STS-B is a regression task: its label is a float32 similarity in [0, 5] and it has one
 output (``num_classes=1``). The trainer then fits the squared error of ``outputs[:, 0]``
-(``mcj.train.steps.task_loss``; ``eval/loss`` is the eval split's mean squared error) and
+(``mcj.core.losses.task_loss``; ``eval/loss`` is the eval split's mean squared error) and
 reports the Pearson and Spearman correlations of the outputs with the labels over the
 whole eval split in place of accuracy; distillation takes ``distill.logit_loss='mse'``.
 

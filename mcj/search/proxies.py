@@ -39,10 +39,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.extend import core as jex_core
 
-from mcj.core import registry
+from mcj.core import losses, registry
 from mcj.nn import layers
 
 # Modules whose outputs fisher perturbs: the layers that own a kernel.
@@ -52,8 +51,7 @@ _KERNEL_LAYERS = (nn.Conv, nn.Dense, layers.QuantConv, layers.QuantDense)
 def _loss(model, variables, images, labels, num_classes):
   logits, _ = model.apply(variables, images, train=True, mutable=['batch_stats'],
                           rngs={'dropout': jax.random.key(0)})
-  return optax.softmax_cross_entropy(
-      logits.astype(jnp.float32), jax.nn.one_hot(labels, num_classes)).mean()
+  return losses.cross_entropy(logits, labels, num_classes).mean()
 
 
 def _kernels(params) -> dict:

@@ -63,6 +63,7 @@ import numpy as np
 from mcj import data as data_lib
 from mcj.analysis import summary as summary_lib
 from mcj.compress.prune import pruner as pruner_lib
+from mcj.core import losses
 from mcj.core import workdir as workdir_lib
 from mcj.core.config import ConfigError
 
@@ -103,15 +104,9 @@ def _kept_mask(model, mask):
 
 
 def cross_entropy(logits, batch):
-  """Per-example loss of a batch ``{'image', 'label'}``: softmax cross-entropy of integer
-  labels; for float labels (regression, e.g. glue/stsb) the squared error of the first
-  logit."""
-  labels = batch['label']
-  logits = logits.astype(jnp.float32)
-  if jnp.issubdtype(labels.dtype, jnp.floating):
-    return jnp.square(logits[:, 0] - labels)
-  return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None].astype(jnp.int32),
-                              axis=-1)[:, 0]
+  """Per-example task loss of a batch ``{'image', 'label'}`` (``core.losses.task_loss``):
+  softmax cross-entropy, or the squared error of a one-output regression (glue/stsb)."""
+  return losses.task_loss(logits, batch['label'], logits.shape[-1])
 
 
 def normalize_by_layer(importance, mask=None) -> np.ndarray:
