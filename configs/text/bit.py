@@ -45,7 +45,8 @@ teacher left in train mode, i.e. with dropout) and the last checkpoint is report
 code keeps the best dev one).
 Measured here (3 seeds, `python -m mcj.sweep --config configs/text/bit.py --seeds 0,1,2`):
 teacher 0.7643 +- 0.0061, W1A2 0.7537 +- 0.0016, W1A1 0.7461 +- 0.0059 at 233.1 KiB
-(24.3x smaller than the float model).
+(24.3x smaller than the float model), with the scales then initialised on an all-pad
+example; since, they start from the first training batch (not rerun).
 Variants: `:runlocal` trains each stage for a few steps (a smoke test).
 """
 import os
