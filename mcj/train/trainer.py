@@ -200,16 +200,17 @@ def restore(exp: Experiment, state: dict, checkpointer, say: Callable = _say,
                                                         layers=config.init_from_layers)
     except ValueError as e:
       raise ConfigError(f'config.init_from_layers with init_from={source}: {e}') from None
-  note = ''
+  note, kept = '', set()
   if config.init_from_partial:
     loaded, kept, dropped = _partial(parallel.fetch(
         {'params': state['params'], 'batch_stats': state['batch_stats']}), loaded)
-    if kept:
-      loaded = _complete(exp, loaded, kept, inputs)
     note = (f' ({len(kept)} arrays it lacks initialised with its weights, {dropped} of its '
             'arrays unused)')
   params = checkpoint_lib.fit_variables(state['params'], loaded['params'], source)
   stats = checkpoint_lib.fit_variables(state['batch_stats'], loaded['batch_stats'], source)
+  if kept:  # after the shapes are checked (a misfit is one line, not a model error)
+    completed = _complete(exp, {'params': params, 'batch_stats': stats}, kept, inputs)
+    params, stats = completed['params'], completed['batch_stats']
   state = jax.jit(lambda st, p, s: {**st, 'params': p, 'batch_stats': s,
                                     'opt_state': exp.tx.init(p)},
                   out_shardings=parallel.replicated(exp.mesh))(state, params, stats)
